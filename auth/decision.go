@@ -1,0 +1,176 @@
+package auth
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Kind tells a person from a program.
+type Kind string
+
+// Kinds of identity.
+const (
+	KindUser             Kind = "user"
+	KindServicePrincipal Kind = "service_principal"
+)
+
+// Method is how an identity was proven on one connection.
+type Method string
+
+// Methods, as they appear in the "method" log field.
+const (
+	MethodDeviceCode       Method = "device_code"
+	MethodSessionKey       Method = "session_key"
+	MethodAddressGrace     Method = "address_grace"
+	MethodAccessToken      Method = "access_token"
+	MethodServicePrincipal Method = "service_principal"
+)
+
+// Identity is who is connecting, as Entra ID knows them.
+type Identity struct {
+	Kind        Kind
+	Provider    string // config provider name
+	TenantID    string
+	ObjectID    string // oid
+	UPN         string // users only
+	AppID       string // service principals (and the client of a token)
+	DisplayName string
+}
+
+// Name is what logs and messages call the identity: the UPN of a user, the
+// display name or app id of a service principal.
+func (i Identity) Name() string {
+	switch {
+	case i.UPN != "":
+		return i.UPN
+	case i.DisplayName != "":
+		return i.DisplayName
+	}
+	return i.AppID
+}
+
+// Group is one group the identity is a transitive member of.
+type Group struct {
+	ID          string
+	DisplayName string
+}
+
+// PromptMode says how the client can show a device-code prompt.
+type PromptMode string
+
+// Prompt modes.
+const (
+	// PromptNotice: the client shows notices after AuthenticationOk, so the
+	// decision calls Request.Prompt and waits on the same connection.
+	PromptNotice PromptMode = "notice"
+	// PromptError: the client only shows errors, so the decision returns a
+	// *SignInPending at once and keeps polling in the background; a
+	// reconnect by the same user from the same address picks it up.
+	PromptError PromptMode = "error"
+)
+
+// Request is everything the protocol layer learned before asking for a
+// decision.
+type Request struct {
+	Protocol    string // "postgres" or "mysql"
+	Resource    string // resource name the client selected
+	LoginName   string // the user named at login
+	Password    string // what the client sent; never logged
+	ClientAddr  netip.Addr
+	Application string // application_name or program name, may be empty
+	Mode        PromptMode
+	// Prompt shows the device-code instructions (notice mode only). It
+	// must not block for long; the decision then waits for the sign-in
+	// until ctx ends or the code expires.
+	Prompt func(DeviceCodePrompt) error
+}
+
+// DeviceCodePrompt is what a person needs to complete a device-code sign-in.
+type DeviceCodePrompt struct {
+	VerificationURL string
+	UserCode        string
+	ExpiresAt       time.Time
+	// Message is Entra's own sentence ("To sign in, use a web browser to
+	// open the page ... and enter the code ...").
+	Message string
+}
+
+// BackendCredentials is how the proxy logs in to the real database.
+type BackendCredentials struct {
+	User     string
+	Password string // from env or file; never logged
+	// AccessToken, for an entra pass-through mapping: an Entra token for the
+	// Azure OSS RDBMS audience used as the password.
+	AccessToken string
+}
+
+// Decision is a yes: who it is, how they proved it, and how to reach the
+// backend.
+type Decision struct {
+	Identity Identity
+	Method   Method
+	Groups   []Group // all transitive groups
+	// Matched are the groups that granted access (allow_groups ∩ Groups
+	// and the winning credential mapping), for the audit log.
+	Matched  []Group
+	Resource string
+	Backend  BackendCredentials
+	// SessionKey is set when this decision signed someone in afresh: the
+	// key they may present as their password until SessionKeyExpires. It
+	// is shown to the user once and stored only as a hash.
+	SessionKey        string
+	SessionKeyExpires time.Time
+}
+
+// RefusalReason classifies a refusal so the protocol layer can pick the
+// right SQLSTATE or MySQL error code.
+type RefusalReason string
+
+// Refusal reasons.
+const (
+	// ReasonBadCredentials: a wrong session key, token or secret (28P01).
+	ReasonBadCredentials RefusalReason = "bad_credentials"
+	// ReasonIdentityMismatch: signed in as someone other than the login
+	// name (28000).
+	ReasonIdentityMismatch RefusalReason = "identity_mismatch"
+	// ReasonNotAllowed: not in an allowed group or no credential mapping
+	// matches (28000).
+	ReasonNotAllowed RefusalReason = "not_allowed"
+	// ReasonUnknownResource: no such resource (3D000).
+	ReasonUnknownResource RefusalReason = "unknown_resource"
+	// ReasonDeclined: the user declined or the code expired (28000).
+	ReasonDeclined RefusalReason = "declined"
+	// ReasonDisabled: the account is disabled in the directory (28000).
+	ReasonDisabled RefusalReason = "disabled"
+	// ReasonUnavailable: Entra ID, Graph or the store could not be reached;
+	// we fail closed (08004).
+	ReasonUnavailable RefusalReason = "unavailable"
+)
+
+// Refusal is a typed "no". Message is a sentence for the person at the
+// client and never holds a secret; Err is the underlying cause for logs.
+type Refusal struct {
+	Reason  RefusalReason
+	Message string
+	Err     error
+}
+
+func (r *Refusal) Error() string {
+	if r.Err != nil {
+		return fmt.Sprintf("%s: %v", r.Message, r.Err)
+	}
+	return r.Message
+}
+
+func (r *Refusal) Unwrap() error { return r.Err }
+
+// SignInPending is returned in PromptError mode: the person must open the
+// URL, enter the code, then reconnect.
+type SignInPending struct {
+	Prompt DeviceCodePrompt
+}
+
+func (p *SignInPending) Error() string {
+	return fmt.Sprintf("sign-in pending: open %s and enter code %s, then reconnect", p.Prompt.VerificationURL, p.Prompt.UserCode)
+}

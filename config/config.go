@@ -1,0 +1,246 @@
+// Package config holds portcullis's one configuration type, loaded from a
+// YAML file, overlaid by PORTCULLIS_* environment variables and then by
+// command-line flags (flags > env > file), with defaults filled in and every
+// problem reported with the key and the file line at fault.
+//
+// Secrets never appear in the file itself: a key ending in _env names an
+// environment variable and a key ending in _file names a file that holds the
+// value.
+package config
+
+import "time"
+
+// Config is the whole configuration of one portcullis process.
+type Config struct {
+	// Providers are the Entra ID tenants (or sovereign clouds) identities
+	// come from.
+	Providers []Provider `yaml:"providers"`
+	// Resources are the databases behind portcullis and who may reach them.
+	Resources []Resource `yaml:"resources"`
+	// Listeners are the addresses clients connect to.
+	Listeners []Listener `yaml:"listeners"`
+	// TLS is the certificate presented to clients.
+	TLS TLS `yaml:"tls"`
+	// Store is where durable state lives.
+	Store Store `yaml:"store"`
+	// Sessions governs reuse of a sign-in.
+	Sessions Sessions `yaml:"sessions"`
+	// Admin is the operator surface: admin groups and the HTTP address.
+	Admin Admin `yaml:"admin"`
+	// Proxy holds connection-handling limits.
+	Proxy Proxy `yaml:"proxy"`
+	// Log controls log output.
+	Log Log `yaml:"log"`
+}
+
+// Provider is one Entra ID tenant and the app registration portcullis uses
+// in it.
+type Provider struct {
+	// Name is how resources and the console refer to this provider.
+	Name string `yaml:"name"`
+	// TenantID is the directory (tenant) id.
+	TenantID string `yaml:"tenant_id"`
+	// ClientID is portcullis's app registration (a public client for the
+	// device-code flow).
+	ClientID string `yaml:"client_id"`
+	// AuthorityHost defaults to https://login.microsoftonline.com; set it
+	// for sovereign clouds (https://login.microsoftonline.us,
+	// https://login.chinacloudapi.cn) or the simulator.
+	AuthorityHost string `yaml:"authority_host"`
+	// GraphEndpoint defaults to https://graph.microsoft.com.
+	GraphEndpoint string `yaml:"graph_endpoint"`
+	// GraphAuth is "application" (app-only token from the client secret or
+	// certificate; the default when one is configured) or "delegated" (the
+	// signed-in user's own token).
+	GraphAuth string `yaml:"graph_auth"`
+	// ClientSecretEnv / ClientSecretFile supply the confidential client's
+	// secret.
+	ClientSecretEnv  string `yaml:"client_secret_env"`
+	ClientSecretFile string `yaml:"client_secret_file"`
+	// ClientCertificateFile is a PEM (certificate and key) or PFX file;
+	// ClientCertificatePasswordEnv unlocks a PFX or an encrypted key.
+	ClientCertificateFile        string `yaml:"client_certificate_file"`
+	ClientCertificatePasswordEnv string `yaml:"client_certificate_password_env"`
+	// AllowedTenants are the tenant ids whose tokens are accepted; default
+	// just TenantID.
+	AllowedTenants []string `yaml:"allowed_tenants"`
+	// Audiences are the accepted aud values of access tokens presented as
+	// passwords; default the client id and api://<client id>. Add
+	// https://ossrdbms-aad.database.windows.net for Azure Database tools.
+	Audiences []string `yaml:"audiences"`
+	// CAFile, if set, is the only CA trusted for the authority and Graph
+	// (the simulator's CA in dev and tests).
+	CAFile string `yaml:"ca_file"`
+	// GroupCacheTTL is how long transitive groups are cached per identity;
+	// default 5m.
+	GroupCacheTTL time.Duration `yaml:"group_cache_ttl"`
+
+	// ClientSecret is the resolved secret (from ClientSecretEnv or
+	// ClientSecretFile); never printed.
+	ClientSecret Secret `yaml:"-"`
+}
+
+// Resource is one backend database and its policy.
+type Resource struct {
+	// Name is what clients put as their database (PostgreSQL) or schema
+	// (MySQL) to reach this resource.
+	Name string `yaml:"name"`
+	// Protocol is "postgres" or "mysql".
+	Protocol string `yaml:"protocol"`
+	// Address is the backend host:port.
+	Address string `yaml:"address"`
+	// Database is the backend database name; default Name.
+	Database string `yaml:"database"`
+	// Provider names the identity provider; default the only one.
+	Provider string `yaml:"provider"`
+	// AllowGroups are group object ids or display names (resolved to ids at
+	// start-up); a member of any may connect.
+	AllowGroups []string `yaml:"allow_groups"`
+	// RequireTOTP demands a TOTP code at every connection.
+	RequireTOTP bool `yaml:"require_totp"`
+	// Prompt is "auto" (default: by application_name), "notice" or "error".
+	Prompt string `yaml:"prompt"`
+	// TLS is how portcullis connects to the backend.
+	TLS BackendTLS `yaml:"tls"`
+	// Credentials map groups to backend logins; the first whose groups meet
+	// the user's wins.
+	Credentials []CredentialMapping `yaml:"credentials"`
+	// ConnectTimeout bounds the backend dial and login; default 10s.
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+}
+
+// BackendTLS is the TLS policy toward a backend.
+type BackendTLS struct {
+	// Mode is "disable", "require" (encrypt, do not verify) or
+	// "verify-full" (default for non-loopback addresses is verify-full;
+	// for loopback, disable).
+	Mode string `yaml:"mode"`
+	// CAFile verifies the backend certificate; default system roots.
+	CAFile string `yaml:"ca_file"`
+	// ServerName overrides the name checked in the certificate.
+	ServerName string `yaml:"server_name"`
+}
+
+// CredentialMapping maps group membership to a backend login.
+type CredentialMapping struct {
+	// Groups are ids or display names; any match selects this mapping.
+	Groups []string `yaml:"groups"`
+	// User is the backend user name.
+	User string `yaml:"user"`
+	// PasswordEnv / PasswordFile supply the backend password.
+	PasswordEnv  string `yaml:"password_env"`
+	PasswordFile string `yaml:"password_file"`
+	// Entra: log in as the user's own Entra identity with an access token
+	// for Azure Database (User is then ignored).
+	Entra bool `yaml:"entra"`
+
+	// Password is resolved from PasswordEnv or PasswordFile.
+	Password Secret `yaml:"-"`
+}
+
+// Listener is one address clients connect to.
+type Listener struct {
+	// Name labels metrics and logs; default "<protocol>".
+	Name string `yaml:"name"`
+	// Protocol is "postgres" or "mysql".
+	Protocol string `yaml:"protocol"`
+	// Address is host:port; defaults 127.0.0.1:15432 (postgres) and
+	// 127.0.0.1:13306 (mysql).
+	Address string `yaml:"address"`
+	// TLS is "required" (default), "optional" or "disabled".
+	TLS string `yaml:"tls"`
+	// DefaultResource is used when the client names no database.
+	DefaultResource string `yaml:"default_resource"`
+}
+
+// TLS is the certificate clients see.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Store selects the durable state backend.
+type Store struct {
+	// Driver is "memory" (default until the durable store lands), "sqlite"
+	// or "postgres".
+	Driver string `yaml:"driver"`
+	// Path is the SQLite file; default portcullis.db.
+	Path string `yaml:"path"`
+	// DSNEnv / DSNFile supply the PostgreSQL connection string.
+	DSNEnv  string `yaml:"dsn_env"`
+	DSNFile string `yaml:"dsn_file"`
+	// KeyEnv / KeyFile supply the 32-byte (base64) key sealing TOTP secrets.
+	KeyEnv  string `yaml:"key_env"`
+	KeyFile string `yaml:"key_file"`
+
+	DSN Secret `yaml:"-"`
+	Key Secret `yaml:"-"`
+}
+
+// Sessions governs reuse of a completed sign-in.
+type Sessions struct {
+	// TTL is how long a session key is valid; default 12h.
+	TTL time.Duration `yaml:"ttl"`
+	// AddressGrace lets the same user from the same client address reuse a
+	// sign-in without a key for this long; default 10m, 0 turns it off.
+	AddressGrace *time.Duration `yaml:"address_grace"`
+	// Aliases map a login name to the UPN it stands for
+	// (e.g. "alice" → "alice@contoso.com").
+	Aliases map[string]string `yaml:"aliases"`
+}
+
+// Admin is the operator surface.
+type Admin struct {
+	// Groups may use the admin console (ids or display names).
+	Groups []string `yaml:"groups"`
+	// Address is the HTTP address for /metrics, /healthz and /readyz;
+	// empty disables it.
+	Address string `yaml:"address"`
+}
+
+// Proxy holds connection-handling limits.
+type Proxy struct {
+	// HandshakeTimeout bounds each step before the splice (TLS, startup,
+	// password, backend login); default 30s. Waiting for a device-code
+	// sign-in is bounded by the code's lifetime instead.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// DrainTimeout is how long open sessions may run after SIGTERM;
+	// default 30s.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// MaxStartupBytes caps a PostgreSQL startup packet; default 10000.
+	MaxStartupBytes int `yaml:"max_startup_bytes"`
+}
+
+// Log controls log output.
+type Log struct {
+	// Format is "json" (default) or "console".
+	Format string `yaml:"format"`
+	// Level is "debug", "info" (default), "warn" or "error".
+	Level string `yaml:"level"`
+}
+
+// Secret is a value that must never be printed. Its String and
+// MarshalText redact it; call Reveal to use it.
+type Secret struct{ v string }
+
+// NewSecret wraps s.
+func NewSecret(s string) Secret { return Secret{v: s} }
+
+// Reveal returns the secret value.
+func (s Secret) Reveal() string { return s.v }
+
+// IsSet reports whether a value is present.
+func (s Secret) IsSet() bool { return s.v != "" }
+
+func (s Secret) String() string {
+	if s.v == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// GoString redacts the secret in %#v.
+func (s Secret) GoString() string { return s.String() }
+
+// MarshalText redacts the secret in JSON and YAML output.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
