@@ -1,11 +1,3 @@
-// Package config holds portcullis's one configuration type, loaded from a
-// YAML file, overlaid by PORTCULLIS_* environment variables and then by
-// command-line flags (flags > env > file), with defaults filled in and every
-// problem reported with the key and the file line at fault.
-//
-// Secrets never appear in the file itself: a key ending in _env names an
-// environment variable and a key ending in _file names a file that holds the
-// value.
 package config
 
 import "time"
@@ -17,7 +9,8 @@ type Config struct {
 	Providers []Provider `yaml:"providers"`
 	// Resources are the databases behind portcullis and who may reach them.
 	Resources []Resource `yaml:"resources"`
-	// Listeners are the addresses clients connect to.
+	// Listeners are the addresses clients connect to; default one for each
+	// protocol the resources speak, at that protocol's default address.
 	Listeners []Listener `yaml:"listeners"`
 	// TLS is the certificate presented to clients.
 	TLS TLS `yaml:"tls"`
@@ -61,8 +54,9 @@ type Provider struct {
 	// ClientCertificatePasswordEnv unlocks a PFX or an encrypted key.
 	ClientCertificateFile        string `yaml:"client_certificate_file"`
 	ClientCertificatePasswordEnv string `yaml:"client_certificate_password_env"`
-	// AllowedTenants are the tenant ids whose tokens are accepted; default
-	// just TenantID.
+	// AllowedTenants are the tenant ids (GUIDs) whose tokens are accepted;
+	// default just TenantID when that is a GUID, and required when it is a
+	// domain name or a multi-tenant value such as "organizations".
 	AllowedTenants []string `yaml:"allowed_tenants"`
 	// Audiences are the accepted aud values of access tokens presented as
 	// passwords; default the client id and api://<client id>. Add
@@ -78,6 +72,10 @@ type Provider struct {
 	// ClientSecret is the resolved secret (from ClientSecretEnv or
 	// ClientSecretFile); never printed.
 	ClientSecret Secret `yaml:"-"`
+	// ClientCertificate is ClientCertificateFile read, unlocked and checked
+	// at load time, so a bad certificate is a configuration problem rather
+	// than a failure at the first sign-in; its String never shows the key.
+	ClientCertificate *ClientCertificate `yaml:"-"`
 }
 
 // Resource is one backend database and its policy.
@@ -94,7 +92,8 @@ type Resource struct {
 	// Provider names the identity provider; default the only one.
 	Provider string `yaml:"provider"`
 	// AllowGroups are group object ids or display names (resolved to ids at
-	// start-up); a member of any may connect.
+	// start-up); a member of any may connect. Required: an empty list is an
+	// error, never "everyone".
 	AllowGroups []string `yaml:"allow_groups"`
 	// RequireTOTP demands a TOTP code at every connection.
 	RequireTOTP bool `yaml:"require_totp"`
@@ -112,8 +111,8 @@ type Resource struct {
 // BackendTLS is the TLS policy toward a backend.
 type BackendTLS struct {
 	// Mode is "disable", "require" (encrypt, do not verify) or
-	// "verify-full" (default for non-loopback addresses is verify-full;
-	// for loopback, disable).
+	// "verify-full". Default verify-full, except disable for a loopback
+	// address with neither CAFile nor ServerName set.
 	Mode string `yaml:"mode"`
 	// CAFile verifies the backend certificate; default system roots.
 	CAFile string `yaml:"ca_file"`
@@ -124,10 +123,12 @@ type BackendTLS struct {
 // CredentialMapping maps group membership to a backend login.
 type CredentialMapping struct {
 	// Groups are ids or display names; any match selects this mapping.
+	// Required, non-empty.
 	Groups []string `yaml:"groups"`
-	// User is the backend user name.
+	// User is the backend user name; required unless Entra.
 	User string `yaml:"user"`
-	// PasswordEnv / PasswordFile supply the backend password.
+	// PasswordEnv / PasswordFile supply the backend password; exactly one
+	// is required unless Entra.
 	PasswordEnv  string `yaml:"password_env"`
 	PasswordFile string `yaml:"password_file"`
 	// Entra: log in as the user's own Entra identity with an access token
@@ -155,6 +156,8 @@ type Listener struct {
 
 // TLS is the certificate clients see.
 type TLS struct {
+	// CertFile and KeyFile are a PEM certificate (chain) and its key; set
+	// both or neither.
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
 }
@@ -166,14 +169,19 @@ type Store struct {
 	Driver string `yaml:"driver"`
 	// Path is the SQLite file; default portcullis.db.
 	Path string `yaml:"path"`
-	// DSNEnv / DSNFile supply the PostgreSQL connection string.
+	// DSNEnv / DSNFile supply the PostgreSQL connection string; required
+	// by the postgres driver.
 	DSNEnv  string `yaml:"dsn_env"`
 	DSNFile string `yaml:"dsn_file"`
-	// KeyEnv / KeyFile supply the 32-byte (base64) key sealing TOTP secrets.
+	// KeyEnv / KeyFile supply the 32-byte (base64) key sealing TOTP
+	// secrets; required by the sqlite and postgres drivers when a resource
+	// requires TOTP.
 	KeyEnv  string `yaml:"key_env"`
 	KeyFile string `yaml:"key_file"`
 
+	// DSN is resolved from DSNEnv or DSNFile.
 	DSN Secret `yaml:"-"`
+	// Key is resolved from KeyEnv or KeyFile; it is still base64 text.
 	Key Secret `yaml:"-"`
 }
 
@@ -193,8 +201,8 @@ type Sessions struct {
 type Admin struct {
 	// Groups may use the admin console (ids or display names).
 	Groups []string `yaml:"groups"`
-	// Address is the HTTP address for /metrics, /healthz and /readyz;
-	// empty disables it.
+	// Address is the HTTP address (host:port) for /metrics, /healthz and
+	// /readyz; empty disables it.
 	Address string `yaml:"address"`
 }
 
@@ -232,6 +240,7 @@ func (s Secret) Reveal() string { return s.v }
 // IsSet reports whether a value is present.
 func (s Secret) IsSet() bool { return s.v != "" }
 
+// String redacts the secret: "[redacted]", or "" when unset.
 func (s Secret) String() string {
 	if s.v == "" {
 		return ""
