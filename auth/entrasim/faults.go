@@ -14,8 +14,8 @@ type Endpoint string
 // Endpoints that faults can target.
 const (
 	EndpointDiscovery  Endpoint = "discovery"  // openid-configuration
-	EndpointDeviceCode Endpoint = "devicecode" // /oauth2/v2.0/devicecode
-	EndpointToken      Endpoint = "token"      // /oauth2/v2.0/token
+	EndpointDeviceCode Endpoint = "devicecode" // /oauth2/v2.0/devicecode (and v1)
+	EndpointToken      Endpoint = "token"      // /oauth2/v2.0/token (and v1)
 	EndpointKeys       Endpoint = "keys"       // /discovery/v2.0/keys
 	EndpointGraph      Endpoint = "graph"      // /v1.0/...
 )
@@ -68,7 +68,7 @@ func endpointOf(path string) Endpoint {
 		return EndpointGraph
 	case strings.HasSuffix(path, "/.well-known/openid-configuration"):
 		return EndpointDiscovery
-	case strings.HasSuffix(path, "/oauth2/v2.0/devicecode"):
+	case strings.HasSuffix(path, "/oauth2/v2.0/devicecode"), strings.HasSuffix(path, "/oauth2/devicecode"):
 		return EndpointDeviceCode
 	case strings.HasSuffix(path, "/oauth2/v2.0/token"), strings.HasSuffix(path, "/oauth2/token"):
 		return EndpointToken

@@ -3,19 +3,25 @@ package entrasim
 import (
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha1" //nolint:gosec // see jwks
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"math/big"
 	"sync"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// signingKey is one RSA key the simulator signs tokens with.
+// signingKey is one RSA key the simulator signs tokens with, with the
+// self-signed certificate Entra publishes alongside each key (x5c).
 type signingKey struct {
-	kid string
-	key *rsa.PrivateKey
+	kid  string
+	key  *rsa.PrivateKey
+	cert []byte // DER
 }
 
 // keySet holds the current signing key and the keys still published in
@@ -41,7 +47,19 @@ func newSigningKey() (*signingKey, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256(key.PublicKey.N.Bytes())
-	return &signingKey{kid: hex.EncodeToString(sum[:8]), key: key}, nil
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: new(big.Int).SetBytes(sum[:8]),
+		Subject:      pkix.Name{CommonName: "entrasim token signing"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(5 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	return &signingKey{kid: hex.EncodeToString(sum[:8]), key: key, cert: der}, nil
 }
 
 // RotateKeys makes a new signing key current. When keepOld is false the
@@ -105,12 +123,16 @@ func (s *Server) jwks() map[string][]jwk {
 	defer s.keys.mu.Unlock()
 	out := make([]jwk, 0, len(s.keys.keys))
 	for _, k := range s.keys.keys {
+		thumb := sha1.Sum(k.cert) //nolint:gosec // x5t is defined as a SHA-1 thumbprint
 		out = append(out, jwk{
-			Kty: "RSA",
-			Use: "sig",
-			Kid: k.kid,
-			N:   base64.RawURLEncoding.EncodeToString(k.key.PublicKey.N.Bytes()),
-			E:   base64.RawURLEncoding.EncodeToString(big.NewInt(int64(k.key.PublicKey.E)).Bytes()),
+			Kty:    "RSA",
+			Use:    "sig",
+			Kid:    k.kid,
+			X5t:    base64.RawURLEncoding.EncodeToString(thumb[:]),
+			N:      base64.RawURLEncoding.EncodeToString(k.key.PublicKey.N.Bytes()),
+			E:      base64.RawURLEncoding.EncodeToString(big.NewInt(int64(k.key.PublicKey.E)).Bytes()),
+			Issuer: s.url + "/{tenantid}/v2.0",
+			X5c:    []string{base64.StdEncoding.EncodeToString(k.cert)},
 		})
 	}
 	return map[string][]jwk{"keys": out}

@@ -26,9 +26,21 @@ type Options struct {
 	// DeviceCodeLifetime is how long a user code stays valid; default 15m
 	// (Entra's is 15 minutes).
 	DeviceCodeLifetime time.Duration
-	// PollInterval is the interval advertised in the device-code response,
-	// and the minimum spacing between polls before slow_down; default 1s.
+	// PollInterval is the interval advertised in the device-code response;
+	// default 1s.
 	PollInterval time.Duration
+	// EnforcePollInterval answers slow_down to a device-code poll that
+	// comes sooner than PollInterval after the previous one (RFC 8628).
+	// Off by default: MSAL ignores the advertised interval and polls on its
+	// own backoff, and Entra does not hold it to the interval either.
+	// Server.ForceSlowDown injects slow_down deterministically.
+	EnforcePollInterval bool
+	// AccessTokenVersion is the access-token version the tenant's own
+	// applications accept (Entra's accessTokenAcceptedVersion): 2 (the
+	// default) gives aud = the application's app id; 1 gives v1 tokens whose
+	// aud is the identifier URI or app id the client asked for. Graph and
+	// other first-party resources always get v1 tokens.
+	AccessTokenVersion int
 	// AccessTokenLifetime is the lifetime of issued access tokens; default 1h.
 	AccessTokenLifetime time.Duration
 	// Now is the clock; default time.Now.
@@ -76,6 +88,12 @@ func New(dir *Directory, opts Options) (*Server, error) {
 	if opts.AccessTokenLifetime == 0 {
 		opts.AccessTokenLifetime = time.Hour
 	}
+	if opts.AccessTokenVersion == 0 {
+		opts.AccessTokenVersion = 2
+	}
+	if opts.AccessTokenVersion != 1 && opts.AccessTokenVersion != 2 {
+		return nil, fmt.Errorf("entrasim: AccessTokenVersion %d: want 1 or 2", opts.AccessTokenVersion)
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -98,7 +116,7 @@ func New(dir *Directory, opts Options) (*Server, error) {
 	s.routeOAuth(mux)
 	s.routeGraph(mux)
 	s.srv = &http.Server{
-		Handler:           s.faults.wrap(mux),
+		Handler:           s.logRequests(s.faults.wrap(mux)),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{s.tlsCert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
 	}
