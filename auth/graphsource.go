@@ -1,0 +1,198 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
+
+	"github.com/portcullisdb/portcullis/config"
+	"github.com/portcullisdb/portcullis/graph"
+)
+
+// AccountChecker is what a GroupSource may also offer: whether an
+// identity's account still exists and is enabled. A sign-in reused by
+// session key or address grace is checked with it, so that disabling
+// someone in Entra ID ends the reuse at once rather than when the key
+// expires.
+type AccountChecker interface {
+	AccountEnabled(ctx context.Context, id Identity) (bool, error)
+}
+
+// ErrNotFound marks a directory answer that the identity does not exist
+// (deleted since it signed in). GroupSource implementations wrap it.
+var ErrNotFound = errors.New("not found in the directory")
+
+// NewGraphClient builds the Microsoft Graph client for a provider. When the
+// provider has a client secret or certificate, the client gets app-only
+// tokens with it (client-credentials grant); without one it can only read
+// groups with a signed-in user's own token (delegated Graph mode).
+func NewGraphClient(pc config.Provider, hc *http.Client) (*graph.Client, error) {
+	endpoint := strings.TrimRight(pc.GraphEndpoint, "/")
+	if endpoint == "" {
+		endpoint = config.DefaultGraphEndpoint
+	}
+	opts := graph.Options{Endpoint: endpoint, HTTPClient: hc, CacheTTL: pc.GroupCacheTTL}
+	var cred *confidential.Credential
+	switch {
+	case pc.ClientSecret.IsSet():
+		c, err := confidential.NewCredFromSecret(pc.ClientSecret.Reveal())
+		if err != nil {
+			return nil, fmt.Errorf("provider %q client secret: %w", pc.Name, err)
+		}
+		cred = &c
+	case pc.ClientCertificate != nil:
+		c, err := confidential.NewCredFromCert(pc.ClientCertificate.Chain, pc.ClientCertificate.Key)
+		if err != nil {
+			return nil, fmt.Errorf("provider %q client certificate: %w", pc.Name, err)
+		}
+		cred = &c
+	}
+	if cred != nil {
+		host := strings.TrimRight(pc.AuthorityHost, "/")
+		if host == "" {
+			host = config.DefaultAuthorityHost
+		}
+		u, err := url.Parse(host)
+		if err != nil {
+			return nil, fmt.Errorf("provider %q authority_host: %w", pc.Name, err)
+		}
+		tokens, err := graph.NewAppTokens(graph.AppTokenOptions{
+			Authority:                host + "/" + pc.TenantID,
+			ClientID:                 pc.ClientID,
+			Credential:               *cred,
+			Endpoint:                 endpoint,
+			HTTPClient:               hc,
+			DisableInstanceDiscovery: !microsoftClouds[strings.ToLower(u.Hostname())],
+		})
+		if err != nil {
+			return nil, fmt.Errorf("provider %q app-only Graph tokens: %w", pc.Name, err)
+		}
+		opts.Tokens = tokens
+	}
+	c, err := graph.New(opts)
+	if err != nil {
+		return nil, fmt.Errorf("provider %q Graph client: %w", pc.Name, err)
+	}
+	return c, nil
+}
+
+// GraphGroups is the GroupSource (and ServicePrincipalFinder and
+// AccountChecker) backed by a Microsoft Graph client.
+type GraphGroups struct {
+	Client *graph.Client
+	// AppOnly says the client has app-only tokens; without them only
+	// delegated group reads work and account checks are skipped.
+	AppOnly bool
+}
+
+// NewGraphGroupSource is the default GroupSource of a provider: Microsoft
+// Graph reached through hc.
+func NewGraphGroupSource(pc config.Provider, hc *http.Client) (*GraphGroups, error) {
+	c, err := NewGraphClient(pc, hc)
+	if err != nil {
+		return nil, err
+	}
+	return &GraphGroups{Client: c, AppOnly: hasAppCredential(pc)}, nil
+}
+
+// TransitiveGroups implements GroupSource.
+func (g *GraphGroups) TransitiveGroups(ctx context.Context, who GroupSubject) ([]Group, error) {
+	s := graph.Subject{Kind: graph.KindUser, ID: who.ObjectID}
+	if who.Kind == KindServicePrincipal {
+		s.Kind = graph.KindServicePrincipal
+	} else if who.Token != "" {
+		token := who.Token
+		s.Token = graph.TokenFunc(func(context.Context) (string, error) { return token, nil })
+	}
+	if s.Token == nil && !g.AppOnly {
+		return nil, fmt.Errorf("groups of %s %s: no client secret or certificate is configured for app-only Graph reads", who.Kind, who.ObjectID)
+	}
+	groups, err := g.Client.TransitiveGroups(ctx, s)
+	if err != nil {
+		return nil, classifyGraphError(err)
+	}
+	out := make([]Group, len(groups))
+	for i, gr := range groups {
+		out[i] = Group{ID: gr.ID, DisplayName: gr.DisplayName}
+	}
+	return out, nil
+}
+
+// ResolveGroups implements GroupSource: object ids are confirmed to
+// exist, display names must match exactly one group.
+func (g *GraphGroups) ResolveGroups(ctx context.Context, names []string) (map[string]string, error) {
+	if !g.AppOnly {
+		// Nothing to look names up with before anyone signs in: object ids
+		// are taken as written, display names are an error.
+		out := map[string]string{}
+		var bad []string
+		for _, n := range names {
+			if isObjectID(n) {
+				out[n] = n
+			} else {
+				bad = append(bad, fmt.Sprintf("%q", n))
+			}
+		}
+		if len(bad) > 0 {
+			return nil, fmt.Errorf("group names %s cannot be resolved without a client secret or certificate (app-only Graph access); give object ids instead", strings.Join(bad, ", "))
+		}
+		return out, nil
+	}
+	got, err := g.Client.ResolveGroups(ctx, names)
+	if err != nil {
+		return nil, classifyGraphError(err)
+	}
+	out := make(map[string]string, len(got))
+	for ref, gr := range got {
+		out[ref] = gr.ID
+	}
+	return out, nil
+}
+
+// ServicePrincipalByName implements ServicePrincipalFinder.
+func (g *GraphGroups) ServicePrincipalByName(ctx context.Context, displayName string) (ServicePrincipal, error) {
+	sp, err := g.Client.ServicePrincipalByName(ctx, displayName)
+	if err != nil {
+		return ServicePrincipal{}, classifyGraphError(err)
+	}
+	return ServicePrincipal{ObjectID: sp.ID, AppID: sp.AppID, DisplayName: sp.DisplayName}, nil
+}
+
+// AccountEnabled implements AccountChecker. Without app-only tokens it
+// cannot look anyone up and reports true: the check is then left to
+// Entra ID at the next interactive sign-in.
+func (g *GraphGroups) AccountEnabled(ctx context.Context, id Identity) (bool, error) {
+	if !g.AppOnly {
+		return true, nil
+	}
+	if id.Kind == KindServicePrincipal {
+		sp, err := g.Client.ServicePrincipalByAppID(ctx, id.AppID)
+		if err != nil {
+			return false, classifyGraphError(err)
+		}
+		return sp.AccountEnabled, nil
+	}
+	u, err := g.Client.User(ctx, id.ObjectID)
+	if err != nil {
+		return false, classifyGraphError(err)
+	}
+	return u.AccountEnabled, nil
+}
+
+// classifyGraphError marks graph's typed errors with this package's
+// sentinels, keeping the cause.
+func classifyGraphError(err error) error {
+	var nf *graph.NotFoundError
+	switch {
+	case graph.IsUnavailable(err):
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	case errors.As(err, &nf):
+		return fmt.Errorf("%w: %w", ErrNotFound, err)
+	}
+	return err
+}
