@@ -1,0 +1,58 @@
+// Package proxy is the part of portcullis that owns connections: it
+// accepts them on the configured listeners, hands each to its wire
+// protocol, asks auth for a decision, splices the client to the backend,
+// keeps the registry of sessions, routes cancel requests, and drains on
+// shutdown. It knows nothing of Entra ID (it asks an Authorizer) and
+// nothing of any wire format (it asks a Protocol).
+//
+// # One connection
+//
+// The Server accepts a connection, gives it an id and a *Conn, logs
+// conn.accepted and calls Protocol.Serve, which reads top to bottom:
+// TLS and startup, credentials, Conn.Decide, backend login, the answer to
+// the client, Conn.Splice. Conn is the protocol's only way to the rest of
+// portcullis, so every connection is audited the same way whatever its
+// protocol: auth.device_code.issued, auth.succeeded, auth.failed,
+// authz.denied, session.started and session.ended come from here, with
+// session_id, user, oid, resource, client_addr, method and reason. No
+// password, token, session key or device code is ever logged.
+//
+// # Deadlines
+//
+// Every step before the splice is bounded: the protocol calls Conn.Step
+// before each one, which gives reads and writes Proxy.HandshakeTimeout.
+// Waiting for a device-code sign-in is the exception (Conn.Await): it is
+// bounded by the code's lifetime, and the protocol watches the socket so a
+// client that hangs up ends the wait. After the splice starts nothing is
+// bounded.
+//
+// # Splice
+//
+// Conn.Splice copies both directions with one goroutine each, counting
+// bytes, and half-closes: when the client stops sending, the backend's
+// write side is shut and the backend's answer still flows back, and the
+// other way round. It ends when both directions have ended, or at once
+// when either fails. Bytes a protocol codec read ahead during the
+// handshake travel in Relay.ClientPending and Relay.BackendPending and go
+// first, so none is lost at the hand-off.
+//
+// # Ending sessions: drain and kill
+//
+// Shutdown stops accepting, lets connections run for Proxy.DrainTimeout,
+// then ends the rest; Server.End ends one. A connection still in its
+// handshake sees its context end with ErrShuttingDown or ErrTerminated as
+// the cause and answers in its protocol's words. A spliced session is
+// stopped between two messages: the protocol's Framer for each direction
+// says where a message ends, the splice finishes the message in flight to
+// the client, writes Relay.Goodbye (for PostgreSQL, FATAL 57P01), asks the
+// backend to cancel whatever it is running, and says Relay.Terminate to
+// it. A protocol without framers is simply closed.
+//
+// # Cancel requests
+//
+// A client never learns its backend's cancel key. The protocol registers
+// how to cancel the backend with Conn.IssueCancelKey and gives the client
+// the key it gets back; a cancel request carrying that key comes in on a
+// new connection and Conn.ForwardCancel runs the registered function. A
+// key nobody issued is dropped without a word, as PostgreSQL does.
+package proxy

@@ -1,0 +1,46 @@
+// Package postgres is portcullis's PostgreSQL front door: the client side
+// of the wire protocol (version 3.0, on github.com/jackc/pgproto3/v2), the
+// sign-in prompts rendered inside the client, the protocol's own error
+// messages, and the login to the real server (github.com/jackc/pgx/v5's
+// pgconn, then Hijack).
+//
+// One connection, as Protocol.Serve reads:
+//
+//  1. Startup. GSSEncRequest is answered 'N'. SSLRequest is answered 'S'
+//     and TLS starts with the configured certificate; unencrypted bytes
+//     sent after an SSLRequest are refused. A listener with tls: required
+//     (the default) tells a plaintext client to use sslmode=require.
+//     CancelRequest is forwarded by key and the connection closed. The
+//     StartupMessage is limited to proxy.max_startup_bytes; a 3.x client
+//     newer than 3.0 or with _pq_ options gets NegotiateProtocolVersion,
+//     any other major version a FATAL error.
+//  2. Resource. The database parameter names the resource; none (or the
+//     user name libpq puts there by default, when no resource has that
+//     name) means the listener's default_resource; an unknown one is
+//     FATAL 3D000.
+//  3. Credentials. AuthenticationCleartextPassword, then the password
+//     (ARCHITECTURE §3: a token, a session key, a TOTP code or anything).
+//  4. Decision. In notice mode (libpq and most clients) a device-code
+//     prompt is shown as NoticeResponse lines after AuthenticationOk, and
+//     the connection waits, bounded by the code's lifetime; a client that
+//     hangs up ends the wait. In error mode (JDBC tools, which hide
+//     notices) the prompt is a FATAL 28000 whose message carries the URL
+//     and code, and the reconnect completes. resource.prompt picks the
+//     mode, or application_name does when it is auto.
+//  5. Backend. pgconn logs in with the mapped credentials (SCRAM, MD5 or
+//     cleartext; TLS disable, require or verify-full) before the client
+//     is told anything more; then SyncConn and Hijack, after which pgconn
+//     holds no unread byte.
+//  6. Ready. AuthenticationOk (unless a prompt sent it), a notice with a
+//     new session key, the backend's own login notices, its
+//     ParameterStatus, a BackendKeyData with portcullis's cancel key (not
+//     the backend's) and ReadyForQuery, in one write.
+//  7. Splice, with the bytes the client codec had buffered going first.
+//
+// Every refusal is a FATAL ErrorResponse a person can act on: 28P01 for a
+// bad key or token, 28000 for a sign-in that is pending, declined, of
+// someone else or not allowed, 3D000 for an unknown resource, 08004 when a
+// dependency such as Microsoft Graph is down, 08006 when the backend
+// cannot be reached (naming the resource, never its address), and 57P01
+// when portcullis is shutting down or an operator ends the session.
+package postgres

@@ -1,0 +1,519 @@
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pgproto3 "github.com/jackc/pgproto3/v2"
+	pgproto3v5 "github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/portcullisdb/portcullis/auth"
+	"github.com/portcullisdb/portcullis/config"
+	"github.com/portcullisdb/portcullis/proxy"
+)
+
+// Startup packet codes (the first word after the length).
+const (
+	codeCancelRequest = 80877102
+	codeSSLRequest    = 80877103
+	codeGSSEncRequest = 80877104
+	protocol30        = 3 << 16
+)
+
+// maxPasswordBytes bounds a PasswordMessage: room for an Entra access
+// token with many claims, not for a denial of service.
+const maxPasswordBytes = 64 << 10
+
+// frontend is portcullis acting as a PostgreSQL server toward one client.
+// Everything the client sends is read through br, and the codec is given
+// exactly the bytes it asks for (exactReader), so whatever the client sent
+// beyond the last message read stays in br and is relayed to the backend
+// when the splice starts.
+type frontend struct {
+	c     *proxy.Conn
+	conn  net.Conn // the raw connection, then its TLS wrapper
+	br    *bufio.Reader
+	in    *exactReader
+	codec *pgproto3.Backend
+	tls   bool
+
+	mu     sync.Mutex // writes may come from a prompt callback
+	authOK bool       // AuthenticationOk has been sent
+}
+
+func newFrontend(c *proxy.Conn) *frontend {
+	fe := &frontend{c: c}
+	fe.use(c.Net())
+	return fe
+}
+
+// use makes conn the connection to talk over, with a fresh read buffer.
+func (fe *frontend) use(conn net.Conn) {
+	size := max(fe.c.Limits().MaxStartupBytes, maxPasswordBytes) + 16
+	fe.conn = conn
+	fe.br = bufio.NewReaderSize(conn, size)
+	fe.in = &exactReader{br: fe.br, limit: fe.c.Limits().MaxStartupBytes}
+	fe.codec = pgproto3.NewBackend(fe.in, conn)
+}
+
+// exactReader is the codec's pgproto3.ChunkReader: it hands out exactly n
+// bytes per call, leaving anything read ahead in br, and refuses
+// messages longer than limit before buffering them.
+type exactReader struct {
+	br    *bufio.Reader
+	limit int
+}
+
+func (r *exactReader) Next(n int) ([]byte, error) {
+	if n < 0 || n > r.limit {
+		return nil, &fatal{code: codeProtocolViolation, message: fmt.Sprintf("message too long (%d bytes; the limit is %d)", n, r.limit), reason: "message_too_long"}
+	}
+	// Peek keeps a partial read in br, as ChunkReader requires; br is
+	// larger than limit, so Peek can always hold n bytes.
+	b, err := r.br.Peek(n)
+	if err != nil {
+		return nil, &clientIOError{err}
+	}
+	out := make([]byte, n)
+	copy(out, b)
+	r.br.Discard(n)
+	return out, nil
+}
+
+// startup is what a client asked for in its StartupMessage.
+type startup struct {
+	params map[string]string
+	// newerMinor and options call for a NegotiateProtocolVersion: the
+	// client asked for a minor version above 0 or for protocol options.
+	newerMinor bool
+	options    []string
+	cancel     *proxy.CancelKey
+}
+
+// readStartup negotiates encryption and reads the StartupMessage (or a
+// CancelRequest).
+func (fe *frontend) readStartup() (*startup, error) {
+	gssSeen := false
+	for {
+		if err := fe.c.Step(); err != nil {
+			return nil, err
+		}
+		code, body, err := fe.readStartupPacket()
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case code == codeSSLRequest:
+			if fe.tls {
+				return nil, protocolError("SSLRequest on an encrypted connection", "repeated_ssl_request")
+			}
+			if err := fe.startTLS(); err != nil {
+				return nil, err
+			}
+		case code == codeGSSEncRequest:
+			if gssSeen || fe.tls {
+				return nil, protocolError("unexpected GSSENCRequest", "repeated_gss_request")
+			}
+			gssSeen = true
+			// No GSSAPI encryption here; the client goes on to ask for TLS
+			// or to start in the clear.
+			if err := fe.write([]byte{'N'}); err != nil {
+				return nil, err
+			}
+		case code == codeCancelRequest:
+			var req pgproto3.CancelRequest
+			if err := req.Decode(body); err != nil {
+				return nil, protocolError("malformed CancelRequest", "bad_cancel_request")
+			}
+			return &startup{cancel: &proxy.CancelKey{ProcessID: req.ProcessID, Secret: req.SecretKey}}, nil
+		case code>>16 == 3:
+			return fe.decodeStartup(code, body)
+		default:
+			return nil, &fatal{
+				code:    codeFeatureNotSupported,
+				message: fmt.Sprintf("unsupported frontend protocol %d.%d: portcullis speaks 3.0", code>>16, code&0xffff),
+				reason:  "unsupported_protocol",
+			}
+		}
+	}
+}
+
+// readStartupPacket reads one length-prefixed startup-phase packet and
+// returns its code and whole body (the code included).
+func (fe *frontend) readStartupPacket() (uint32, []byte, error) {
+	head, err := fe.in.Next(4)
+	if err != nil {
+		return 0, nil, err
+	}
+	n := int64(binary.BigEndian.Uint32(head))
+	if n < 8 || n > int64(fe.c.Limits().MaxStartupBytes) {
+		return 0, nil, &fatal{code: codeProtocolViolation, message: fmt.Sprintf("invalid startup packet length %d", n), reason: "bad_startup"}
+	}
+	body, err := fe.in.Next(int(n) - 4)
+	if err != nil {
+		return 0, nil, err
+	}
+	return binary.BigEndian.Uint32(body), body, nil
+}
+
+func (fe *frontend) startTLS() error {
+	cfg := fe.c.TLS()
+	if cfg == nil || fe.c.Listener().TLS == config.ListenerTLSDisabled {
+		return fe.write([]byte{'N'})
+	}
+	// Bytes that came with the SSLRequest were sent in the clear and
+	// would be read as if they came over TLS: refuse them rather than let
+	// a man in the middle inject them.
+	if fe.br.Buffered() > 0 {
+		return protocolError("received unencrypted data after an SSL request", "data_after_ssl_request")
+	}
+	if err := fe.write([]byte{'S'}); err != nil {
+		return err
+	}
+	if err := fe.c.Step(); err != nil {
+		return err
+	}
+	tc := tls.Server(fe.conn, cfg)
+	if err := tc.Handshake(); err != nil {
+		return &clientIOError{fmt.Errorf("TLS handshake: %w", err)}
+	}
+	fe.use(tc)
+	fe.tls = true
+	return nil
+}
+
+func (fe *frontend) decodeStartup(code uint32, body []byte) (*startup, error) {
+	st := &startup{newerMinor: code != protocol30}
+	if st.newerMinor {
+		// Same layout as 3.0; the codec only accepts 3.0's number.
+		body = append([]byte(nil), body...)
+		binary.BigEndian.PutUint32(body, protocol30)
+	}
+	var msg pgproto3.StartupMessage
+	if err := msg.Decode(body); err != nil {
+		return nil, &fatal{code: codeProtocolViolation, message: "malformed startup packet", reason: "bad_startup", err: err}
+	}
+	st.params = msg.Parameters
+	for k := range st.params {
+		if strings.HasPrefix(k, "_pq_.") {
+			st.options = append(st.options, k)
+			delete(st.params, k)
+		}
+	}
+	sort.Strings(st.options)
+
+	l := fe.c.Listener()
+	if !fe.tls && (l.TLS == "" || l.TLS == config.ListenerTLSRequired) {
+		return nil, &fatal{
+			code:    codeInvalidAuthorization,
+			message: "portcullis requires an encrypted connection: connect with sslmode=require (or verify-full)",
+			hint:    "Set sslmode=require in the connection string, or PGSSLMODE=require.",
+			reason:  "tls_required",
+		}
+	}
+	if st.params["user"] == "" {
+		return nil, &fatal{code: codeInvalidAuthorization, message: "no user name in the startup packet", reason: "bad_startup"}
+	}
+	if r := st.params["replication"]; r != "" && !isFalse(r) {
+		return nil, &fatal{code: codeFeatureNotSupported, message: "replication connections are not supported through portcullis", reason: "replication"}
+	}
+	return st, nil
+}
+
+func isFalse(s string) bool {
+	switch strings.ToLower(s) {
+	case "false", "off", "no", "0":
+		return true
+	}
+	return false
+}
+
+// resource picks the resource the client asked for.
+func (fe *frontend) resource(st *startup) (config.Resource, error) {
+	name := st.params["database"]
+	if res, ok := fe.c.Resource(name); ok {
+		return res, nil
+	}
+	// libpq puts the user name in database when none is given.
+	if def := fe.c.Listener().DefaultResource; def != "" && (name == "" || name == st.params["user"]) {
+		if res, ok := fe.c.Resource(def); ok {
+			return res, nil
+		}
+	}
+	return config.Resource{}, &fatal{
+		code:    codeInvalidCatalog,
+		message: fmt.Sprintf("database %q does not exist: portcullis has no resource by that name", name),
+		reason:  "unknown_resource",
+	}
+}
+
+// password asks for the password in the clear (the connection is
+// encrypted unless the listener opted out) and reads it.
+func (fe *frontend) password(st *startup) (string, error) {
+	if err := fe.c.Step(); err != nil {
+		return "", err
+	}
+	var buf []byte
+	var err error
+	if st.newerMinor || len(st.options) > 0 {
+		buf, err = (&pgproto3v5.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.options}).Encode(buf)
+		if err != nil {
+			return "", err
+		}
+	}
+	if buf, err = (&pgproto3.AuthenticationCleartextPassword{}).Encode(buf); err != nil {
+		return "", err
+	}
+	if err := fe.write(buf); err != nil {
+		return "", err
+	}
+	if err := fe.codec.SetAuthType(pgproto3.AuthTypeCleartextPassword); err != nil {
+		return "", err
+	}
+	fe.in.limit = maxPasswordBytes
+	if err := fe.c.Step(); err != nil {
+		return "", err
+	}
+	msg, err := fe.codec.Receive()
+	if err != nil {
+		return "", err
+	}
+	switch m := msg.(type) {
+	case *pgproto3.PasswordMessage:
+		return m.Password, nil
+	case *pgproto3.Terminate:
+		return "", errClientGone
+	default:
+		return "", protocolError(fmt.Sprintf("expected a password, got a %T", msg), "unexpected_message")
+	}
+}
+
+// decide asks for the decision, rendering a device-code prompt the way
+// the client can show it.
+func (fe *frontend) decide(ctx context.Context, res config.Resource, st *startup, password string) (*auth.Decision, error) {
+	app := st.params["application_name"]
+	req := auth.Request{
+		Protocol:    config.ProtocolPostgres,
+		Resource:    res.Name,
+		LoginName:   st.params["user"],
+		Password:    password,
+		ClientAddr:  fe.c.ClientAddr().Addr(),
+		Application: app,
+		Mode:        promptMode(res.Prompt, app),
+	}
+
+	dctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// The decision itself is a handshake step; a prompt extends the
+	// bound to the code's lifetime.
+	timer := time.AfterFunc(fe.c.Limits().HandshakeTimeout, func() { cancel(errDecisionTimeout) })
+	defer timer.Stop()
+
+	var (
+		mu        sync.Mutex
+		stopWatch func()
+	)
+	if req.Mode == auth.PromptNotice {
+		req.Prompt = func(p auth.DeviceCodePrompt) error {
+			mu.Lock()
+			defer mu.Unlock()
+			timer.Reset(time.Until(p.ExpiresAt) + promptGrace)
+			if err := fe.c.Await(); err != nil {
+				return err
+			}
+			if err := fe.showPrompt(p); err != nil {
+				return err
+			}
+			if stopWatch == nil {
+				stopWatch = fe.watchHangup(ctx, cancel)
+			}
+			return nil
+		}
+	}
+
+	dec, err := fe.c.Decide(dctx, req)
+
+	mu.Lock()
+	if stopWatch != nil {
+		stopWatch()
+	}
+	mu.Unlock()
+	if err != nil && ctx.Err() == nil && dctx.Err() != nil {
+		// Our own bound or the client hanging up, not the decision's fault.
+		return nil, fmt.Errorf("decision for %s: %w", req.LoginName, context.Cause(dctx))
+	}
+	return dec, err
+}
+
+// promptGrace lets a decision finish after its code's stated expiry
+// before portcullis gives up on it.
+const promptGrace = 30 * time.Second
+
+// noticeBlind are application_name fragments of clients that do not show
+// notices during a connection (JDBC-based tools, mostly); in prompt: auto
+// they get error mode.
+var noticeBlind = []string{"jdbc", "dbeaver", "datagrip", "jetbrains", "intellij", "squirrel", "dbvis", "metabase"}
+
+func promptMode(setting, app string) auth.PromptMode {
+	switch setting {
+	case config.PromptNotice:
+		return auth.PromptNotice
+	case config.PromptError:
+		return auth.PromptError
+	}
+	lower := strings.ToLower(app)
+	for _, f := range noticeBlind {
+		if strings.Contains(lower, f) {
+			return auth.PromptError
+		}
+	}
+	return auth.PromptNotice
+}
+
+// showPrompt tells the person where to sign in. libpq shows notices only
+// after AuthenticationOk, so that goes first: the client then waits for
+// ReadyForQuery, or a FATAL error if the sign-in fails.
+func (fe *frontend) showPrompt(p auth.DeviceCodePrompt) error {
+	var buf []byte
+	buf = fe.appendAuthOK(buf)
+	buf = appendNotice(buf, fmt.Sprintf("To sign in, open %s and enter the code %s", p.VerificationURL, p.UserCode))
+	buf = appendNotice(buf, fmt.Sprintf("The code expires at %s (in %s). This connection waits until you have signed in.",
+		clock(p.ExpiresAt), time.Until(p.ExpiresAt).Round(time.Minute)))
+	return fe.write(buf)
+}
+
+// watchHangup cancels the wait for a decision if the client goes away:
+// while waiting after AuthenticationOk a client sends nothing, so a read
+// that ends means it hung up. What it reads (if the client does send
+// something) stays in br.
+func (fe *frontend) watchHangup(ctx context.Context, cancel context.CancelCauseFunc) (stop func()) {
+	var stopping atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, err := fe.br.Peek(1)
+		// A read ended by stop, or by the connection being ended, is not
+		// the client hanging up.
+		if err != nil && !stopping.Load() && ctx.Err() == nil {
+			cancel(errClientGone)
+		}
+	}()
+	return func() {
+		stopping.Store(true)
+		fe.conn.SetReadDeadline(time.Unix(1, 0))
+		<-done
+	}
+}
+
+// ready tells the client it is logged in: everything from
+// AuthenticationOk to ReadyForQuery in one write.
+func (fe *frontend) ready(dec *auth.Decision, be *backend, key proxy.CancelKey) error {
+	if err := fe.c.Step(); err != nil {
+		return err
+	}
+	var buf []byte
+	buf = fe.appendAuthOK(buf)
+	if dec.SessionKey != "" {
+		buf = appendNotice(buf, fmt.Sprintf("Signed in as %s. Until %s you can connect without signing in again by giving this session key as your password: %s",
+			dec.Identity.Name(), dec.SessionKeyExpires.UTC().Format("2006-01-02 15:04 UTC"), dec.SessionKey))
+	}
+	for _, n := range be.notices {
+		buf = appendMessage(buf, (*pgproto3.NoticeResponse)(&pgproto3.ErrorResponse{
+			Severity: n.Severity, SeverityUnlocalized: n.SeverityUnlocalized, Code: n.Code,
+			Message: n.Message, Detail: n.Detail, Hint: n.Hint,
+		}))
+	}
+	names := make([]string, 0, len(be.params))
+	for name := range be.params {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		buf = appendMessage(buf, &pgproto3.ParameterStatus{Name: name, Value: be.params[name]})
+	}
+	buf = appendMessage(buf, &pgproto3.BackendKeyData{ProcessID: key.ProcessID, SecretKey: key.Secret})
+	buf = appendMessage(buf, &pgproto3.ReadyForQuery{TxStatus: be.txStatus})
+	return fe.write(buf)
+}
+
+// fail tells the client why it is turned away, if anyone is left to
+// tell, and returns err for the log.
+func (fe *frontend) fail(ctx context.Context, err error) error {
+	f := fatalFor(ctx, fe.c.ID(), err)
+	if f == nil {
+		return err
+	}
+	if f.reason != "" {
+		fe.c.Refused(f.reason, err)
+	}
+	if werr := fe.c.FinalWrite(); werr == nil {
+		fe.write(appendMessage(nil, f.response()))
+	}
+	return err
+}
+
+// goodbye is the splice's Relay.Goodbye: the FATAL 57P01 that ends a
+// session portcullis is closing.
+func goodbye(w io.Writer, cause error) error {
+	_, err := w.Write(appendMessage(nil, ended(cause).response()))
+	return err
+}
+
+func (fe *frontend) appendAuthOK(buf []byte) []byte {
+	fe.mu.Lock()
+	defer fe.mu.Unlock()
+	if fe.authOK {
+		return buf
+	}
+	fe.authOK = true
+	return appendMessage(buf, &pgproto3.AuthenticationOk{})
+}
+
+func (fe *frontend) write(b []byte) error {
+	fe.mu.Lock()
+	defer fe.mu.Unlock()
+	if _, err := fe.conn.Write(b); err != nil {
+		return &clientIOError{err}
+	}
+	return nil
+}
+
+// pending returns what the client sent that no message read has consumed
+// yet, for the splice to relay first.
+func (fe *frontend) pending() []byte {
+	n := fe.br.Buffered()
+	if n == 0 {
+		return nil
+	}
+	b, _ := fe.br.Peek(n)
+	return append([]byte(nil), b...)
+}
+
+func appendNotice(buf []byte, msg string) []byte {
+	return appendMessage(buf, &pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "00000", Message: msg})
+}
+
+// appendMessage encodes msg after buf. Encoding fails only for a body
+// over 1 GiB, which no message portcullis sends can reach; should it
+// happen, the message is left out rather than sent truncated.
+func appendMessage(buf []byte, msg pgproto3.BackendMessage) []byte {
+	out, err := msg.Encode(buf)
+	if err != nil {
+		return buf
+	}
+	return out
+}
+
+func protocolError(msg, reason string) *fatal {
+	return &fatal{code: codeProtocolViolation, message: msg, reason: reason}
+}

@@ -1,0 +1,78 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/portcullisdb/portcullis/config"
+	"github.com/portcullisdb/portcullis/proxy"
+)
+
+// Protocol is PostgreSQL for a proxy.Server.
+type Protocol struct{}
+
+// New returns the PostgreSQL protocol, for proxy.Deps.Protocols.
+func New() *Protocol { return &Protocol{} }
+
+// Name is "postgres", as listeners and resources spell it.
+func (*Protocol) Name() string { return config.ProtocolPostgres }
+
+// Serve runs one client connection: startup, credentials, decision,
+// backend login, the answer to the client, then the splice.
+func (*Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
+	fe := newFrontend(c)
+
+	// 1. Encryption and startup; a cancel request ends here.
+	st, err := fe.readStartup()
+	if err != nil {
+		return fe.fail(ctx, err)
+	}
+	if st.cancel != nil {
+		c.ForwardCancel(ctx, *st.cancel)
+		return nil
+	}
+	res, err := fe.resource(st)
+	if err != nil {
+		return fe.fail(ctx, err)
+	}
+
+	// 2. Credentials.
+	password, err := fe.password(st)
+	if err != nil {
+		return fe.fail(ctx, err)
+	}
+
+	// 3. Who is it, and may they? This may prompt and wait.
+	dec, err := fe.decide(ctx, res, st, password)
+	if err != nil {
+		return fe.fail(ctx, err)
+	}
+
+	// 4. Log in to the backend before telling the client anything more.
+	be, err := connectBackend(ctx, res, dec.Backend, st.params)
+	if err != nil {
+		c.BackendFailed(err)
+		return fe.fail(ctx, err)
+	}
+	defer be.conn.Close()
+
+	// 5. Answer the client, with a cancel key of our own.
+	key, err := c.IssueCancelKey(be.cancel)
+	if err != nil {
+		return fe.fail(ctx, fmt.Errorf("session %s: %w", c.ID(), err))
+	}
+	if err := fe.ready(dec, be, key); err != nil {
+		return fe.fail(ctx, err)
+	}
+
+	// 6. Relay until either side is done.
+	return c.Splice(proxy.Relay{
+		Client:        fe.conn,
+		Backend:       be.conn,
+		ClientPending: fe.pending(),
+		ToBackend:     &framer{},
+		ToClient:      &framer{},
+		Goodbye:       goodbye,
+		Terminate:     terminate,
+	})
+}
