@@ -32,6 +32,7 @@ func New(w io.Writer, format Format, level string) (*zap.Logger, error) {
 	enc.TimeKey = "ts"
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
 	enc.MessageKey = "msg"
+	enc.EncodeDuration = zapcore.StringDurationEncoder
 	var encoder zapcore.Encoder
 	switch format {
 	case JSON, "":

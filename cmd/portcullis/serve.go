@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/portcullisdb/portcullis/auth"
+	"github.com/portcullisdb/portcullis/config"
+	"github.com/portcullisdb/portcullis/internal/logging"
+	"github.com/portcullisdb/portcullis/proxy"
+	"github.com/portcullisdb/portcullis/proxy/postgres"
+)
+
+// startTimeout bounds start-up work that reaches Entra ID and Graph
+// (discovery documents, group names to ids).
+const startTimeout = 30 * time.Second
+
+func cmdServe(ctx context.Context, args []string, e env, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr)
+	path := fs.String("config", "", "configuration file (default $"+config.EnvConfigFile+")")
+	var sets multiFlag
+	fs.Var(&sets, "set", "override a key, e.g. --set sessions.ttl=1h (repeatable; beats env and file)")
+	logFormat := fs.String("log-format", "", "json or console (overrides log.format)")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error (overrides log.level)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		*path = e.get(config.EnvConfigFile)
+	}
+	if *path == "" {
+		return &usageError{"serve needs --config FILE (or $" + config.EnvConfigFile + ")"}
+	}
+	if *logFormat != "" {
+		sets = append(sets, "log.format="+*logFormat)
+	}
+	if *logLevel != "" {
+		sets = append(sets, "log.level="+*logLevel)
+	}
+	cfg, err := config.Load(*path, e, sets)
+	if err != nil {
+		return &configError{err}
+	}
+	log, err := logging.New(stdout, logging.Format(cfg.Log.Format), cfg.Log.Level)
+	if err != nil {
+		return &configError{err}
+	}
+	defer log.Sync() //nolint:errcheck // stdout may not support sync
+	if needsCertificate(cfg) && cfg.TLS.CertFile == "" {
+		return &configError{errors.New("a listener requires TLS but tls.cert_file and tls.key_file are not set")}
+	}
+	return runProxy(ctx, cfg, log, nil, nil)
+}
+
+// needsCertificate reports whether any listener may offer TLS.
+func needsCertificate(cfg *config.Config) bool {
+	for _, l := range cfg.Listeners {
+		if l.TLS != config.ListenerTLSDisabled {
+			return true
+		}
+	}
+	return false
+}
+
+// runProxy runs the identity core and the listeners until ctx ends, then
+// drains open sessions for proxy.drain_timeout. ready, if set, is called
+// once every listener is about to accept.
+func runProxy(ctx context.Context, cfg *config.Config, log *zap.Logger, clientTLS *tls.Config, ready func()) error {
+	authz, err := auth.New(cfg, auth.Deps{Logger: log})
+	if err != nil {
+		return &configError{err}
+	}
+	defer authz.Close()
+	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
+	err = authz.Start(startCtx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("start the identity core: %w", err)
+	}
+	srv, err := proxy.New(cfg, proxy.Deps{
+		Authorizer: authz,
+		Protocols:  []proxy.Protocol{postgres.New()},
+		Logger:     log,
+		TLS:        clientTLS,
+	})
+	if err != nil {
+		return &configError{err}
+	}
+	// Open every listener before serving any, so that a port in use is a
+	// start-up error rather than a half-served configuration.
+	var lns []net.Listener
+	for _, l := range cfg.Listeners {
+		ln, err := net.Listen("tcp", l.Address)
+		if err != nil {
+			for _, open := range lns {
+				open.Close()
+			}
+			return fmt.Errorf("listener %q: %w", l.Name, err)
+		}
+		lns = append(lns, ln)
+	}
+	served := make(chan error, len(lns))
+	for i, ln := range lns {
+		go func() { served <- srv.Serve(ctx, ln, cfg.Listeners[i]) }()
+	}
+	if ready != nil {
+		ready()
+	}
+	log.Info("portcullis started", logging.Event("server.started"), zap.String("version", version))
+	var failed error
+	select {
+	case failed = <-served:
+	case <-ctx.Done():
+	}
+	if failed != nil {
+		srv.Close()
+		return failed
+	}
+	// Drain: a second signal is not needed; Shutdown itself gives up after
+	// drain_timeout and ends what is left.
+	if err := srv.Shutdown(context.Background()); err != nil {
+		return err
+	}
+	log.Info("portcullis stopped", logging.Event("server.stopped"))
+	return nil
+}
