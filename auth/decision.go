@@ -171,6 +171,9 @@ type SignInPending struct {
 	Prompt DeviceCodePrompt
 }
 
+// Error leaves the user code out: it belongs on the person's screen (the
+// protocol layer renders Prompt), not in logs that error strings reach.
 func (p *SignInPending) Error() string {
-	return fmt.Sprintf("sign-in pending: open %s and enter code %s, then reconnect", p.Prompt.VerificationURL, p.Prompt.UserCode)
+	return fmt.Sprintf("sign-in pending until %s: the person must complete the device-code sign-in, then reconnect",
+		p.Prompt.ExpiresAt.UTC().Format(time.RFC3339))
 }

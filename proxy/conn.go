@@ -129,7 +129,7 @@ func (c *Conn) FinalWrite() error {
 func (c *Conn) Refused(reason string, err error) {
 	fields := []zap.Field{logging.Event("conn.refused"), zap.String("reason", reason)}
 	if err != nil {
-		fields = append(fields, zap.Error(loggable(err)))
+		fields = append(fields, zap.Error(err))
 	}
 	c.logger().Info("connection refused", fields...)
 }
@@ -138,7 +138,7 @@ func (c *Conn) Refused(reason string, err error) {
 // reached or refused portcullis's login. err may name the internal
 // address: it goes to the log, never to the client.
 func (c *Conn) BackendFailed(err error) {
-	c.logger().Warn("backend connection failed", logging.Event("backend.failed"), zap.Error(loggable(err)))
+	c.logger().Warn("backend connection failed", logging.Event("backend.failed"), zap.Error(err))
 }
 
 // Decide asks the Authorizer for a decision on req and audits the answer.
@@ -178,7 +178,7 @@ func (c *Conn) Decide(ctx context.Context, req auth.Request) (*auth.Decision, er
 	case ctx.Err() != nil:
 		log.Info("authentication abandoned", logging.Event("auth.failed"), zap.String("reason", "canceled"), zap.NamedError("cause", context.Cause(ctx)))
 	default:
-		log.Warn("authentication failed", logging.Event("auth.failed"), zap.String("reason", "error"), zap.Error(loggable(err)))
+		log.Warn("authentication failed", logging.Event("auth.failed"), zap.String("reason", "error"), zap.Error(err))
 	}
 	return dec, err
 }

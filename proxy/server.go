@@ -396,7 +396,7 @@ func (s *Server) serveConn(l config.Listener, proto Protocol, raw net.Conn) {
 	defer func() {
 		fields := []zap.Field{logging.Event("conn.closed"), zap.Duration("duration", time.Since(start))}
 		if err != nil {
-			fields = append(fields, zap.Error(loggable(err)))
+			fields = append(fields, zap.Error(err))
 		}
 		c.logger().Info("connection closed", fields...)
 	}()
@@ -407,14 +407,4 @@ func (s *Server) serveConn(l config.Listener, proto Protocol, raw net.Conn) {
 	defer stop()
 
 	err = proto.Serve(c.ctx, c)
-}
-
-// loggable is err as it may be logged. A pending sign-in's message holds
-// the user code, which belongs on the person's screen, not in the log.
-func loggable(err error) error {
-	var pending *auth.SignInPending
-	if errors.As(err, &pending) {
-		return fmt.Errorf("sign-in pending; the device code expires at %s", pending.Prompt.ExpiresAt.UTC().Format(time.RFC3339))
-	}
-	return err
 }

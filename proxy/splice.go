@@ -101,7 +101,7 @@ func (c *Conn) Splice(r Relay) error {
 		zap.Int64("bytes_to_client", c.toClient.Load()),
 	}
 	if err != nil {
-		fields = append(fields, zap.Error(loggable(err)))
+		fields = append(fields, zap.Error(err))
 	}
 	log.Info("session ended", fields...)
 	return err
