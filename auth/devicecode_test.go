@@ -196,8 +196,8 @@ func TestDeviceCodeErrorMode(t *testing.T) {
 	if !errors.As(err, &first) {
 		t.Fatalf("first Decide = %v, want *SignInPending", err)
 	}
-	if first.Prompt.UserCode == "" || !strings.Contains(first.Error(), first.Prompt.UserCode) {
-		t.Fatalf("pending = %+v, want a code in the message", first.Prompt)
+	if first.Prompt.UserCode == "" || strings.Contains(first.Error(), first.Prompt.UserCode) {
+		t.Fatalf("pending = %+v, error %q: want a code in the prompt and none in the error string", first.Prompt, first.Error())
 	}
 
 	// Connections that come back before the sign-in (DBeaver opens
