@@ -11,10 +11,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -119,6 +121,9 @@ func New(dir *Directory, opts Options) (*Server, error) {
 		Handler:           s.logRequests(s.faults.wrap(mux)),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{s.tlsCert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
+		// Handshake failures from clients that do not trust the CA are
+		// expected in tests; they go to Logf, not the process's stderr.
+		ErrorLog: log.New(logfWriter{s}, "", 0),
 	}
 	go func() { _ = s.srv.ServeTLS(s.ln, "", "") }()
 	return s, nil
@@ -177,6 +182,14 @@ func (s *Server) Directory(fn func(d *Directory)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	fn(s.dir)
+}
+
+// logfWriter adapts Options.Logf to the io.Writer that log.Logger needs.
+type logfWriter struct{ s *Server }
+
+func (w logfWriter) Write(p []byte) (int, error) {
+	w.s.logf("%s", strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
 
 func (s *Server) now() time.Time { return s.opts.Now() }
