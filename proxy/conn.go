@@ -171,12 +171,15 @@ func (c *Conn) Decide(ctx context.Context, req auth.Request) (*auth.Decision, er
 		log.Info("authenticated", logging.Event("auth.succeeded"), zap.Strings("groups", groupNames(dec.Matched)), zap.Bool("new_session_key", dec.SessionKey != ""))
 	case errors.As(err, &pending):
 		log.Info("device code issued", logging.Event("auth.device_code.issued"), zap.String("mode", string(auth.PromptError)), zap.Time("expires_at", pending.Prompt.ExpiresAt))
+	case ctx.Err() != nil:
+		// The wait ended on our side (client gone, handshake bound,
+		// shutdown): whatever the Authorizer made of that, it was not a
+		// verdict on who is connecting.
+		log.Info("authentication abandoned", logging.Event("auth.failed"), zap.String("reason", "canceled"), zap.NamedError("cause", context.Cause(ctx)))
 	case errors.As(err, &refusal) && refusal.Reason == auth.ReasonNotAllowed:
 		log.Info("not authorized", logging.Event("authz.denied"), zap.String("reason", string(refusal.Reason)), zap.Error(refusal.Err))
 	case errors.As(err, &refusal):
 		log.Info("authentication failed", logging.Event("auth.failed"), zap.String("reason", string(refusal.Reason)), zap.Error(refusal.Err))
-	case ctx.Err() != nil:
-		log.Info("authentication abandoned", logging.Event("auth.failed"), zap.String("reason", "canceled"), zap.NamedError("cause", context.Cause(ctx)))
 	default:
 		log.Warn("authentication failed", logging.Event("auth.failed"), zap.String("reason", "error"), zap.Error(err))
 	}

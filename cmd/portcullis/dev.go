@@ -45,7 +45,8 @@ func cmdDev(ctx context.Context, args []string, e env, stdout, stderr io.Writer)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *stateDir == "" {
+	stateDirGiven := *stateDir != ""
+	if !stateDirGiven {
 		var err error
 		if *stateDir, err = devStateDir(); err != nil {
 			return err
@@ -115,8 +116,14 @@ func cmdDev(ctx context.Context, args []string, e env, stdout, stderr io.Writer)
 		return &usageError{err.Error()}
 	}
 
-	printed := func() {
-		host, port, _ := net.SplitHostPort(*pgListen)
+	approveFlags := ""
+	if stateDirGiven {
+		approveFlags = " --state-dir " + *stateDir
+	}
+	printed := func(addrs []net.Addr) {
+		// The listener's real address: --postgres-listen may ask for port 0.
+		listen := addrs[0].String()
+		host, port, _ := net.SplitHostPort(listen)
 		fmt.Fprintf(stderr, `
 portcullis dev is running.
 
@@ -131,12 +138,12 @@ Try it (any password: it starts a device-code sign-in):
 psql shows a URL and a code. Open the URL (the browser will warn about the
 simulator's private CA; %s is it), or approve from another terminal:
 
-  go run ./cmd/portcullis dev approve CODE --as alice@contoso.example
+  go run ./cmd/portcullis dev approve CODE --as alice@contoso.example%s
 
 alice (Analysts) gets %s; bob (Finance) gets %s; carol is in no
 allowed group and is refused. psql then shows a session key: use it as the
 password to reconnect without signing in again.
-`, sim.URL(), dir.Tenant.ID, *pgListen, *pgBackend, cfgFile, host, port, caFile, devAnalystRole, devFinanceRole)
+`, sim.URL(), dir.Tenant.ID, listen, *pgBackend, cfgFile, host, port, caFile, approveFlags, devAnalystRole, devFinanceRole)
 		if rolesErr != nil {
 			fmt.Fprintf(stderr, "\nwarning: could not create the demo roles in %s (%v);\nsign-ins will work but the backend login will fail until roles %s and %s exist.\n",
 				*pgBackend, rolesErr, devAnalystRole, devFinanceRole)

@@ -71,8 +71,9 @@ func needsCertificate(cfg *config.Config) bool {
 
 // runProxy runs the identity core and the listeners until ctx ends, then
 // drains open sessions for proxy.drain_timeout. ready, if set, is called
-// once every listener is about to accept.
-func runProxy(ctx context.Context, cfg *config.Config, log *zap.Logger, clientTLS *tls.Config, ready func()) error {
+// once every listener is about to accept, with the addresses they are
+// bound to (in the order of cfg.Listeners; port 0 resolved).
+func runProxy(ctx context.Context, cfg *config.Config, log *zap.Logger, clientTLS *tls.Config, ready func(addrs []net.Addr)) error {
 	authz, err := auth.New(cfg, auth.Deps{Logger: log})
 	if err != nil {
 		return &configError{err}
@@ -111,7 +112,11 @@ func runProxy(ctx context.Context, cfg *config.Config, log *zap.Logger, clientTL
 		go func() { served <- srv.Serve(ctx, ln, cfg.Listeners[i]) }()
 	}
 	if ready != nil {
-		ready()
+		addrs := make([]net.Addr, len(lns))
+		for i, ln := range lns {
+			addrs[i] = ln.Addr()
+		}
+		ready(addrs)
 	}
 	log.Info("portcullis started", logging.Event("server.started"), zap.String("version", version))
 	var failed error

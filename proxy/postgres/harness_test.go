@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/portcullisdb/portcullis/auth"
+	"github.com/portcullisdb/portcullis/auth/entrasim"
 	"github.com/portcullisdb/portcullis/config"
 	"github.com/portcullisdb/portcullis/internal/testpg"
 	"github.com/portcullisdb/portcullis/proxy"
@@ -46,20 +49,31 @@ var pg = testpg.NewShared(testpg.Options{
 })
 
 func TestMain(m *testing.M) {
+	var err error
+	sim, err = entrasim.New(testDirectory(), entrasim.Options{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start the Entra ID simulator:", err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	if err := pg.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "stop PostgreSQL:", err)
+	}
+	if err := sim.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "stop the Entra ID simulator:", err)
 	}
 	os.Exit(code)
 }
 
 // harness is portcullis in front of the shared PostgreSQL, with a
-// client-facing certificate from its own CA.
+// client-facing certificate from its own CA and its own identity core on
+// the shared simulator.
 type harness struct {
 	t      *testing.T
 	pg     *testpg.Server
 	cfg    *config.Config
-	id     identityCore
+	authz  *auth.Authorizer
+	http   *http.Client // the identity core's, to Entra ID and Graph
 	srv    *proxy.Server
 	host   string
 	port   int
@@ -94,41 +108,55 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		t.Fatal(err)
 	}
 
+	// Policy by group display name, resolved to object ids through Graph
+	// when the identity core starts.
 	mapping := func(group string, r testpg.Role) config.CredentialMapping {
 		return config.CredentialMapping{Groups: []string{group}, User: r.Name, Password: config.NewSecret(r.Password)}
 	}
+	analysts := []string{"Analysts"}
 	closedPort := closedAddress(t)
+	noGrace := time.Duration(0)
 	h.cfg = &config.Config{
+		Providers: []config.Provider{providerConfig()},
 		Resources: []config.Resource{
 			{
 				Name: "analytics", Protocol: "postgres", Address: srv.Addr(), Database: "analytics", Prompt: opts.prompt,
 				TLS:         config.BackendTLS{Mode: config.BackendTLSVerifyFull, CAFile: srv.CAFile},
-				Credentials: []config.CredentialMapping{mapping("analysts", roleAnalyst), mapping("finance", roleFinance)},
+				AllowGroups: []string{"Analysts", "Finance"},
+				Credentials: []config.CredentialMapping{mapping("Analysts", roleAnalyst), mapping("Finance", roleFinance)},
 			},
 			{
 				Name: "analytics_md5", Protocol: "postgres", Address: srv.Addr(), Database: "analytics", Prompt: opts.prompt,
 				TLS:         config.BackendTLS{Mode: config.BackendTLSDisable},
-				Credentials: []config.CredentialMapping{mapping("analysts", roleMD5)},
+				AllowGroups: analysts,
+				Credentials: []config.CredentialMapping{mapping("Analysts", roleMD5)},
 			},
 			{
 				Name: "analytics_clear", Protocol: "postgres", Address: srv.Addr(), Database: "analytics", Prompt: opts.prompt,
 				TLS:         config.BackendTLS{Mode: config.BackendTLSRequire},
-				Credentials: []config.CredentialMapping{mapping("analysts", roleClear)},
+				AllowGroups: analysts,
+				Credentials: []config.CredentialMapping{mapping("Analysts", roleClear)},
 			},
 			{
 				Name: "wrong_ca", Protocol: "postgres", Address: srv.Addr(), Database: "analytics", Prompt: opts.prompt,
 				TLS:         config.BackendTLS{Mode: config.BackendTLSVerifyFull, CAFile: h.caFile},
-				Credentials: []config.CredentialMapping{mapping("analysts", roleAnalyst)},
+				AllowGroups: analysts,
+				Credentials: []config.CredentialMapping{mapping("Analysts", roleAnalyst)},
 			},
 			{
 				Name: "gone", Protocol: "postgres", Address: closedPort, Database: "analytics", Prompt: opts.prompt,
 				TLS:            config.BackendTLS{Mode: config.BackendTLSDisable},
 				ConnectTimeout: 2 * time.Second,
-				Credentials:    []config.CredentialMapping{mapping("analysts", roleAnalyst)},
+				AllowGroups:    analysts,
+				Credentials:    []config.CredentialMapping{mapping("Analysts", roleAnalyst)},
 			},
 		},
 		Listeners: []config.Listener{{Name: "pg", Protocol: "postgres", TLS: opts.listenerTLS, DefaultResource: "analytics"}},
 		Proxy:     config.Proxy{HandshakeTimeout: opts.handshake, DrainTimeout: opts.drain},
+		// Every test connects from 127.0.0.1: address grace would let one
+		// sign-in stand in for the next, so it is off and reuse is by
+		// session key only.
+		Sessions: config.Sessions{TTL: 12 * time.Hour, AddressGrace: &noGrace},
 	}
 	if h.cfg.Listeners[0].TLS == "" {
 		h.cfg.Listeners[0].TLS = config.ListenerTLSRequired
@@ -141,12 +169,14 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	if h.cfg.Proxy.HandshakeTimeout == 0 {
 		h.cfg.Proxy.HandshakeTimeout = 10 * time.Second
 	}
-	h.id = newIdentityCore(t, h.cfg)
-
 	core, logs := observer.New(zapcore.DebugLevel)
 	h.logs = logs
+	h.http = sim.HTTPClient()
+	t.Cleanup(h.http.CloseIdleConnections)
+	// Closed after the proxy: cleanups run last registered first.
+	h.authz = newAuthorizer(t, h.cfg, h.http, zap.New(core))
 	h.srv, err = proxy.New(h.cfg, proxy.Deps{
-		Authorizer: h.id,
+		Authorizer: h.authz,
 		Protocols:  []proxy.Protocol{New()},
 		Logger:     zap.New(core),
 		TLS:        &tls.Config{Certificates: []tls.Certificate{cert}},
@@ -225,10 +255,11 @@ func (a *noticeApprover) onNotice(_ *pgconn.PgConn, n *pgconn.Notice) {
 	}
 	a.mu.Unlock()
 	if m := codeRE.FindStringSubmatch(n.Message); m != nil && a.upn != "" {
-		// The notice callback runs inside the connect; approving from
-		// here is what the person does while the client waits.
+		// The notice callback runs inside the connect; approving the code
+		// the client was shown is what the person does in a browser
+		// while the client waits.
 		go func() {
-			if err := a.h.id.Approve(m[1], a.upn); err != nil {
+			if err := sim.Approve(m[1], a.upn); err != nil {
 				a.h.t.Error(err)
 			}
 		}()
@@ -313,6 +344,16 @@ func (h *harness) waitEvent(event string, ok func(map[string]any) bool) map[stri
 	}
 	h.t.Fatalf("no %s event within 10s", event)
 	return nil
+}
+
+// waitSignedIn waits until the identity core has finished a background
+// (error-mode) sign-in for login.
+func (h *harness) waitSignedIn(login string) {
+	h.t.Helper()
+	h.waitEvent("auth.device_code.completed", func(m map[string]any) bool {
+		_, failed := m["reason"]
+		return m["user"] == login && !failed
+	})
 }
 
 // psql runs psql against portcullis with env on top of a clean PG*

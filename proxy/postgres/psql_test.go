@@ -16,14 +16,16 @@ func TestPsqlSignInWithNotices(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	run := h.psql(ctx, "alice@contoso.com", "analytics", map[string]string{"PGPASSWORD": "sign me in"}, "select current_user")
+	run := h.psql(ctx, alice, "analytics", map[string]string{"PGPASSWORD": "sign me in"}, "select current_user")
 	var sawURL bool
 	run.start(t, func(line string) {
-		if strings.Contains(line, "https://login.example.test/device") {
+		if strings.Contains(line, sim.URL()+"/devicelogin") {
 			sawURL = true
 		}
+		// What the person does: read the code psql printed and enter
+		// it at the URL.
 		if m := codeRE.FindStringSubmatch(line); m != nil {
-			if err := h.id.Approve(m[1], "alice@contoso.com"); err != nil {
+			if err := sim.Approve(m[1], alice); err != nil {
 				t.Error(err)
 			}
 		}
@@ -54,21 +56,24 @@ func TestPsqlErrorModeThenReconnect(t *testing.T) {
 	defer cancel()
 	env := map[string]string{"PGPASSWORD": "sign me in", "PGAPPNAME": "DBeaver 23.2.0 - Main <analytics>"}
 
-	first := h.psql(ctx, "alice@contoso.com", "analytics", env, "select current_user")
+	first := h.psql(ctx, alice, "analytics", env, "select current_user")
 	err := first.cmd.Run()
 	stderr := first.stderr.String()
 	if err == nil {
 		t.Fatalf("first connection succeeded before any sign-in; stdout %q", first.stdout.String())
 	}
 	m := codeRE.FindStringSubmatch(stderr)
-	if m == nil || !strings.Contains(stderr, "FATAL:  sign-in required") || !strings.Contains(stderr, "https://login.example.test/device") {
+	if m == nil || !strings.Contains(stderr, "FATAL:  sign-in required") || !strings.Contains(stderr, sim.URL()+"/devicelogin") {
 		t.Fatalf("first connection's error does not carry the URL and code:\n%s", stderr)
 	}
-	if err := h.id.Approve(m[1], "alice@contoso.com"); err != nil {
+	if err := sim.Approve(m[1], alice); err != nil {
 		t.Fatal(err)
 	}
+	// portcullis polls Entra ID in the background; a reconnect before it
+	// has seen the approval would be told the same code again.
+	h.waitSignedIn(alice)
 
-	second := h.psql(ctx, "alice@contoso.com", "analytics", env, "select current_user")
+	second := h.psql(ctx, alice, "analytics", env, "select current_user")
 	if err := second.cmd.Run(); err != nil {
 		t.Fatalf("reconnect after sign-in: %v\nstderr:\n%s", err, second.stderr)
 	}
@@ -81,7 +86,7 @@ func TestPsqlWithoutTLSIsToldToUseSSLMode(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	run := h.psql(ctx, "alice@contoso.com", "analytics", map[string]string{"PGPASSWORD": "x", "PGSSLMODE": "disable"}, "select 1")
+	run := h.psql(ctx, alice, "analytics", map[string]string{"PGPASSWORD": "x", "PGSSLMODE": "disable"}, "select 1")
 	if err := run.cmd.Run(); err == nil {
 		t.Fatal("a plaintext connection was accepted by a listener that requires TLS")
 	}
@@ -94,11 +99,11 @@ func TestPsqlWithoutTLSIsToldToUseSSLMode(t *testing.T) {
 // must reach the right backend.
 func TestPsqlCancel(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
-	key := h.signIn("alice@contoso.com")
+	key := h.signIn(alice)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	run := h.psql(ctx, "alice@contoso.com", "analytics", map[string]string{"PGPASSWORD": key}, "select pg_sleep(30)")
+	run := h.psql(ctx, alice, "analytics", map[string]string{"PGPASSWORD": key}, "select pg_sleep(30)")
 	run.start(t, func(string) {})
 	waitRunning(t, h, "select pg_sleep(30)")
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"runtime"
 	"strings"
@@ -16,6 +17,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+
+	"github.com/portcullisdb/portcullis/auth/entrasim"
 )
 
 // Sign in through notices with pgconn, then come back with the session
@@ -26,13 +29,14 @@ func TestPgxSignInThenSessionKey(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	c, a, err := h.connectSigningIn(ctx, "alice@contoso.com", "analytics", "alice@contoso.com")
+	c, a, err := h.connectSigningIn(ctx, alice, "analytics", alice)
 	if err != nil {
 		t.Fatalf("sign in: %v", err)
 	}
 	if got := currentUser(ctx, t, c); got != roleAnalyst.Name {
 		t.Errorf("current_user = %q, want %q", got, roleAnalyst.Name)
 	}
+	asked := sim.Requests(entrasim.EndpointDeviceCode)
 	c.Close(ctx)
 	key := a.sessionKey()
 	if key == "" {
@@ -44,7 +48,7 @@ func TestPgxSignInThenSessionKey(t *testing.T) {
 	}
 
 	again := &noticeApprover{h: h}
-	cfg := h.config("alice@contoso.com", key, "analytics")
+	cfg := h.config(alice, key, "analytics")
 	cfg.OnNotice = again.onNotice
 	c, err = pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
@@ -57,12 +61,15 @@ func TestPgxSignInThenSessionKey(t *testing.T) {
 	if n := len(h.events("auth.device_code.issued")); n != issued {
 		t.Errorf("the session key led to a new device code")
 	}
+	if n := sim.Requests(entrasim.EndpointDeviceCode); n != asked {
+		t.Errorf("the session key led to %d new device-code requests to Entra ID", n-asked)
+	}
 	if notices := again.all(); len(notices) != 0 {
 		t.Errorf("notices on a session-key connection: %q", notices)
 	}
 	h.waitEvent("auth.succeeded", func(m map[string]any) bool { return m["method"] == "session_key" })
 
-	pcfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://%s@%s/analytics?sslmode=verify-full&sslrootcert=%s", "alice%40contoso.com", h.addr(), h.caFile))
+	pcfg, err := pgx.ParseConfig(fmt.Sprintf("postgres://%s@%s/analytics?sslmode=verify-full&sslrootcert=%s", url.QueryEscape(alice), h.addr(), h.caFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,8 +93,8 @@ func TestPgxSignInThenSessionKey(t *testing.T) {
 // authentication method and TLS mode.
 func TestBackendLogin(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
-	aliceKey := h.signIn("alice@contoso.com")
-	bobKey := h.signIn("bob@contoso.com")
+	aliceKey := h.signIn(alice)
+	bobKey := h.signIn(bob)
 
 	tests := []struct {
 		name     string
@@ -97,11 +104,11 @@ func TestBackendLogin(t *testing.T) {
 		wantRole string
 		wantSSL  string
 	}{
-		{name: "scram over verify-full", user: "alice@contoso.com", key: aliceKey, resource: "analytics", wantRole: roleAnalyst.Name, wantSSL: "t"},
-		{name: "second mapping", user: "bob@contoso.com", key: bobKey, resource: "analytics", wantRole: roleFinance.Name, wantSSL: "t"},
-		{name: "md5 without tls", user: "alice@contoso.com", key: aliceKey, resource: "analytics_md5", wantRole: roleMD5.Name, wantSSL: "f"},
-		{name: "cleartext over tls require", user: "alice@contoso.com", key: aliceKey, resource: "analytics_clear", wantRole: roleClear.Name, wantSSL: "t"},
-		{name: "default resource", user: "alice@contoso.com", key: aliceKey, resource: "", wantRole: roleAnalyst.Name, wantSSL: "t"},
+		{name: "scram over verify-full", user: alice, key: aliceKey, resource: "analytics", wantRole: roleAnalyst.Name, wantSSL: "t"},
+		{name: "second mapping", user: bob, key: bobKey, resource: "analytics", wantRole: roleFinance.Name, wantSSL: "t"},
+		{name: "md5 without tls", user: alice, key: aliceKey, resource: "analytics_md5", wantRole: roleMD5.Name, wantSSL: "f"},
+		{name: "cleartext over tls require", user: alice, key: aliceKey, resource: "analytics_clear", wantRole: roleClear.Name, wantSSL: "t"},
+		{name: "default resource", user: alice, key: aliceKey, resource: "", wantRole: roleAnalyst.Name, wantSSL: "t"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -135,7 +142,8 @@ func TestBackendLogin(t *testing.T) {
 
 func TestRefusals(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
-	aliceKey := h.signIn("alice@contoso.com")
+	aliceKey := h.signIn(alice)
+	daveKey := h.signIn(dave)
 	wrongKey := flipLast(aliceKey)
 
 	tests := []struct {
@@ -144,25 +152,32 @@ func TestRefusals(t *testing.T) {
 		password  string // empty: sign in through the device-code flow
 		approveAs string
 		database  string
+		before    func(t *testing.T) // puts the directory in the state the case needs
 		wantCodes []string
 		wantIn    []string // substrings of the message
 		wantOut   []string // must not appear in the message
 	}{
-		{name: "wrong session key", user: "alice@contoso.com", password: wrongKey, database: "analytics", wantCodes: []string{"28P01"}},
-		{name: "alice's key as bob", user: "bob@contoso.com", password: aliceKey, database: "analytics", wantCodes: []string{"28P01", "28000"}},
-		{name: "not in an allowed group", user: "mallory@contoso.com", approveAs: "mallory@contoso.com", database: "analytics", wantCodes: []string{"28000"}},
-		{name: "signed in as someone else", user: "alice@contoso.com", approveAs: "bob@contoso.com", database: "analytics", wantCodes: []string{"28000"},
-			wantIn: []string{"signed in as bob@contoso.com, but connected as alice@contoso.com"}},
-		{name: "graph down", user: "carol@contoso.com", approveAs: "carol@contoso.com", database: "analytics", wantCodes: []string{"08004"}, wantIn: []string{"Microsoft Graph"}},
-		{name: "disabled account", user: "dave@contoso.com", approveAs: "dave@contoso.com", database: "analytics", wantCodes: []string{"28000"}},
-		{name: "unknown database", user: "alice@contoso.com", password: aliceKey, database: "nosuchdb", wantCodes: []string{"3D000"}, wantIn: []string{"nosuchdb"}},
-		{name: "backend down", user: "alice@contoso.com", password: aliceKey, database: "gone", wantCodes: []string{"08006"},
+		{name: "wrong session key", user: alice, password: wrongKey, database: "analytics", wantCodes: []string{"28P01"}},
+		{name: "alice's key as bob", user: bob, password: aliceKey, database: "analytics", wantCodes: []string{"28P01"}},
+		{name: "not in an allowed group", user: mallory, approveAs: mallory, database: "analytics", wantCodes: []string{"28000"},
+			wantIn: []string{mallory, "not in any group allowed"}},
+		{name: "signed in as someone else", user: alice, approveAs: bob, database: "analytics", wantCodes: []string{"28000"},
+			wantIn: []string{"signed in as " + bob + ", but connected as " + alice}},
+		{name: "graph down", user: carol, approveAs: carol, database: "analytics", before: graphDown, wantCodes: []string{"08004"},
+			wantIn: []string{"Microsoft Graph could not be reached"}},
+		{name: "disabled account", user: dave, password: daveKey, database: "analytics", before: func(t *testing.T) { setEnabled(t, dave, false) },
+			wantCodes: []string{"28000"}, wantIn: []string{"disabled"}},
+		{name: "unknown database", user: alice, password: aliceKey, database: "nosuchdb", wantCodes: []string{"3D000"}, wantIn: []string{"nosuchdb"}},
+		{name: "backend down", user: alice, password: aliceKey, database: "gone", wantCodes: []string{"08006"},
 			wantIn: []string{`"gone"`}, wantOut: []string{h.cfg.Resources[4].Address, "127.0.0.1", "refused"}},
-		{name: "backend certificate not trusted", user: "alice@contoso.com", password: aliceKey, database: "wrong_ca", wantCodes: []string{"08006"},
+		{name: "backend certificate not trusted", user: alice, password: aliceKey, database: "wrong_ca", wantCodes: []string{"08006"},
 			wantIn: []string{`"wrong_ca"`}, wantOut: []string{h.pg.Addr()}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.before != nil {
+				tt.before(t)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			var (
@@ -206,7 +221,7 @@ func TestHangupDuringSignInEndsTheWait(t *testing.T) {
 	defer cancel()
 	shown := make(chan struct{})
 	var once sync.Once
-	cfg := h.config("alice@contoso.com", "sign me in", "analytics")
+	cfg := h.config(alice, "sign me in", "analytics")
 	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
 		if codeRE.MatchString(n.Message) {
 			once.Do(func() { close(shown) })
@@ -237,11 +252,11 @@ func TestHangupDuringSignInEndsTheWait(t *testing.T) {
 // forwards it to the backend with the backend's own key.
 func TestCancelFromPgx(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
-	key := h.signIn("alice@contoso.com")
+	key := h.signIn(alice)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	cfg := h.config("alice@contoso.com", key, "analytics")
+	cfg := h.config(alice, key, "analytics")
 	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 10 * time.Second}
 	}
@@ -272,16 +287,16 @@ func TestCancelFromPgx(t *testing.T) {
 // two streaming at once through two sessions, then out again.
 func TestCopyRoundTrip(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
-	key := h.signIn("alice@contoso.com")
+	key := h.signIn(alice)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	src, err := pgconn.ConnectConfig(ctx, h.config("alice@contoso.com", key, "analytics"))
+	src, err := pgconn.ConnectConfig(ctx, h.config(alice, key, "analytics"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer src.Close(ctx)
-	dst, err := pgconn.ConnectConfig(ctx, h.config("alice@contoso.com", key, "analytics"))
+	dst, err := pgconn.ConnectConfig(ctx, h.config(alice, key, "analytics"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,8 +354,8 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 // behind, in portcullis or its backend connections.
 func TestNoGrowthAfterManyConnections(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
-	key := h.signIn("alice@contoso.com")
-	cfg := h.config("alice@contoso.com", key, "analytics_md5")
+	key := h.signIn(alice)
+	cfg := h.config(alice, key, "analytics_md5")
 
 	once := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -360,6 +375,10 @@ func TestNoGrowthAfterManyConnections(t *testing.T) {
 		}
 	}
 	waitIdle(t, h)
+	// The identity core's keep-alive connections to the simulator (both
+	// ends are in this process) come and go with the load; they are not
+	// per-session state, so they are closed before each count.
+	h.http.CloseIdleConnections()
 	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
 
 	const total, workers = 200, 4
@@ -386,6 +405,7 @@ func TestNoGrowthAfterManyConnections(t *testing.T) {
 	waitIdle(t, h)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		h.http.CloseIdleConnections()
 		g, f := runtime.NumGoroutine(), openFDs(t)
 		// A little slack for runtime and network poller goroutines that
 		// come and go; a leak per connection would be hundreds.
@@ -428,10 +448,10 @@ func openFDs(t *testing.T) int {
 func TestDrainEndsSessionsWithAdminShutdown(t *testing.T) {
 	const drain = 500 * time.Millisecond
 	h := newHarness(t, harnessOptions{drain: drain})
-	key := h.signIn("alice@contoso.com")
+	key := h.signIn(alice)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := pgconn.ConnectConfig(ctx, h.config("alice@contoso.com", key, "analytics"))
+	c, err := pgconn.ConnectConfig(ctx, h.config(alice, key, "analytics"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,7 +480,7 @@ func TestDrainEndsSessionsWithAdminShutdown(t *testing.T) {
 	if err := <-shut; err != nil {
 		t.Errorf("Shutdown: %v", err)
 	}
-	if _, err := pgconn.ConnectConfig(ctx, h.config("alice@contoso.com", key, "analytics")); err == nil {
+	if _, err := pgconn.ConnectConfig(ctx, h.config(alice, key, "analytics")); err == nil {
 		t.Error("a new connection was accepted after Shutdown")
 	}
 	h.waitEvent("session.ended", func(m map[string]any) bool { return m["reason"] == "shutdown" })
@@ -492,7 +512,7 @@ func TestAuditEventsCarryNoSecrets(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	c, a, err := h.connectSigningIn(ctx, "alice@contoso.com", "analytics", "alice@contoso.com")
+	c, a, err := h.connectSigningIn(ctx, alice, "analytics", alice)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -507,12 +527,12 @@ func TestAuditEventsCarryNoSecrets(t *testing.T) {
 	if key == "" || userCode == "" {
 		t.Fatalf("no key or code in %q", a.all())
 	}
-	if c, err := pgconn.ConnectConfig(ctx, h.config("alice@contoso.com", key+"x", "analytics")); err == nil {
+	if c, err := pgconn.ConnectConfig(ctx, h.config(alice, key+"x", "analytics")); err == nil {
 		c.Close(ctx)
 		t.Fatal("a wrong key was accepted")
 	}
 	// Error mode: the code travels in a FATAL message, and only there.
-	errCfg := h.config("bob@contoso.com", "sign me in", "analytics")
+	errCfg := h.config(bob, "sign me in", "analytics")
 	errCfg.RuntimeParams["application_name"] = "PostgreSQL JDBC Driver"
 	_, err = pgconn.ConnectConfig(ctx, errCfg)
 	m := codeRE.FindStringSubmatch(fmt.Sprint(err))
@@ -523,7 +543,7 @@ func TestAuditEventsCarryNoSecrets(t *testing.T) {
 	waitIdle(t, h)
 
 	started := h.waitEvent("session.started", nil)
-	for field, want := range map[string]any{"user": "alice@contoso.com", "resource": "analytics", "backend_user": roleAnalyst.Name, "method": "device_code", "oid": testDirectory["alice@contoso.com"].oid} {
+	for field, want := range map[string]any{"user": alice, "resource": "analytics", "backend_user": roleAnalyst.Name, "method": "device_code", "oid": oids[alice]} {
 		if started[field] != want {
 			t.Errorf("session.started %s = %v, want %v", field, started[field], want)
 		}
@@ -534,8 +554,8 @@ func TestAuditEventsCarryNoSecrets(t *testing.T) {
 		}
 	}
 	succeeded := h.waitEvent("auth.succeeded", nil)
-	if groups, _ := succeeded["groups"].([]any); len(groups) != 1 || groups[0] != "analysts" {
-		t.Errorf("auth.succeeded groups = %v, want [analysts]", succeeded["groups"])
+	if groups, _ := succeeded["groups"].([]any); len(groups) != 1 || groups[0] != "Analysts" {
+		t.Errorf("auth.succeeded groups = %v, want [Analysts]", succeeded["groups"])
 	}
 	ended := h.waitEvent("session.ended", nil)
 	for _, field := range []string{"duration", "bytes_to_backend", "bytes_to_client", "reason"} {
@@ -546,7 +566,7 @@ func TestAuditEventsCarryNoSecrets(t *testing.T) {
 	h.waitEvent("auth.failed", func(m map[string]any) bool { return m["reason"] == "bad_credentials" })
 	h.waitEvent("auth.device_code.issued", func(m map[string]any) bool { return m["expires_at"] != nil })
 
-	secrets := []string{key, userCode, errorModeCode, "sign me in", roleAnalyst.Password}
+	secrets := []string{key, userCode, errorModeCode, "sign me in", roleAnalyst.Password, graphSecret}
 	for _, e := range h.logs.All() {
 		line := fmt.Sprintf("%s %v", e.Message, e.ContextMap())
 		for _, s := range secrets {
@@ -566,11 +586,13 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// flipLast changes the last character of a key, keeping its form.
+// flipLast changes the last character of a key, keeping its form (lower
+// case base32), so that the key is looked up and not found rather than
+// turned away for its shape.
 func flipLast(key string) string {
 	last := key[len(key)-1]
-	if last == 'A' {
-		return key[:len(key)-1] + "B"
+	if last == 'a' {
+		return key[:len(key)-1] + "b"
 	}
-	return key[:len(key)-1] + "A"
+	return key[:len(key)-1] + "a"
 }

@@ -111,7 +111,7 @@ func startupMessage(version uint32, params map[string]string) *pgproto3.StartupM
 	return &pgproto3.StartupMessage{ProtocolVersion: version, Parameters: params}
 }
 
-var aliceStartup = map[string]string{"user": "alice@contoso.com", "database": "analytics"}
+var aliceStartup = map[string]string{"user": alice, "database": "analytics"}
 
 func TestGSSEncRequestIsDeclinedThenTLS(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
@@ -136,7 +136,7 @@ func TestNewerMinorVersionIsNegotiated(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	w := dialWire(t, h)
 	w.startTLS(h)
-	params := map[string]string{"user": "alice@contoso.com", "database": "analytics", "_pq_.test_option": "on"}
+	params := map[string]string{"user": alice, "database": "analytics", "_pq_.test_option": "on"}
 	w.send(startupMessage(pgproto3.ProtocolVersion32, params))
 	msg := w.receive()
 	npv, ok := msg.(*pgproto3.NegotiateProtocolVersion)
@@ -196,7 +196,7 @@ func TestStartupRefusals(t *testing.T) {
 			name: "replication",
 			send: func(w *wireClient) {
 				w.startTLS(h)
-				w.send(startupMessage(pgproto3.ProtocolVersion30, map[string]string{"user": "alice@contoso.com", "database": "analytics", "replication": "database"}))
+				w.send(startupMessage(pgproto3.ProtocolVersion30, map[string]string{"user": alice, "database": "analytics", "replication": "database"}))
 			},
 			code: codeFeatureNotSupported, wantIn: "replication",
 		},
@@ -230,7 +230,7 @@ func TestUnknownCancelKeyIsDropped(t *testing.T) {
 // must reach the backend.
 func TestBytesReadAheadReachTheBackend(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
-	key := h.signIn("alice@contoso.com")
+	key := h.signIn(alice)
 	w := dialWire(t, h)
 	w.startTLS(h)
 	w.send(startupMessage(pgproto3.ProtocolVersion30, aliceStartup))
@@ -306,10 +306,10 @@ func TestListenerTLSSettings(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.listener+"/"+tt.sslmode, func(t *testing.T) {
 			h := newHarness(t, harnessOptions{listenerTLS: tt.listener})
-			key := h.signIn("alice@contoso.com")
+			key := h.signIn(alice)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			cfg, err := pgconn.ParseConfig("host=127.0.0.1 port=" + itoa(uint32(h.port)) + " user=alice@contoso.com dbname=analytics sslmode=" + tt.sslmode + " sslrootcert=" + h.caFile)
+			cfg, err := pgconn.ParseConfig("host=127.0.0.1 port=" + itoa(uint32(h.port)) + " user=" + alice + " dbname=analytics sslmode=" + tt.sslmode + " sslrootcert=" + h.caFile)
 			if err != nil {
 				t.Fatal(err)
 			}
