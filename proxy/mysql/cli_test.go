@@ -1,0 +1,151 @@
+package mysql
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/portcullisdb/portcullis/auth"
+	"github.com/portcullisdb/portcullis/config"
+)
+
+// mariadbCLI is the mariadb command line, or a skip (a failure under
+// CI=true) when it is not installed.
+func mariadbCLI(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"mariadb", "mysql"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("the mariadb command line is not installed; CI=true requires it")
+	}
+	t.Skip("\n\n*** SKIPPING: the mariadb command line is not installed (apt-get install mariadb-client) ***\n")
+	return ""
+}
+
+// cli runs the mariadb command line against portcullis over verified TLS.
+func (h *harness) cli(ctx context.Context, user, password, sql string) *exec.Cmd {
+	h.t.Helper()
+	cmd := exec.CommandContext(ctx, mariadbCLI(h.t), "--no-defaults",
+		"-h", "127.0.0.1", "-P", strconv.Itoa(h.port()), "-u", user, "--password="+password,
+		"--ssl", "--ssl-ca="+h.caFile, "--ssl-verify-server-cert", "--connect-timeout=20",
+		"-D", "app", "-N", "-B", "-e", sql)
+	cmd.Env = []string{"HOME=" + h.t.TempDir(), "PATH=" + os.Getenv("PATH")}
+	return cmd
+}
+
+var cliCode = regexp.MustCompile(`enter the code (\S+),`)
+
+// Retry mode in the mariadb command line: the ERR carries the URL and
+// code; after the approval a reconnect completes.
+func TestCLIRetryMode(t *testing.T) {
+	h := newHarness(t, harnessOptions{prompt: config.PromptError})
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+
+	var stderr bytes.Buffer
+	cmd := h.cli(ctx, aliceUPN, "anything", "SELECT CURRENT_USER()")
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err == nil {
+		t.Fatal("the first connection succeeded without a sign-in")
+	}
+	msg := stderr.String()
+	if !strings.Contains(msg, "ERROR 1045 (28000)") || !strings.Contains(msg, "/devicelogin") {
+		t.Fatalf("stderr %q, want ERROR 1045 (28000) with the verification URL", msg)
+	}
+	m := cliCode.FindStringSubmatch(msg)
+	if m == nil {
+		t.Fatalf("no code in %q", msg)
+	}
+	if got := h.approveNext(ctx, aliceUPN); got != m[1] {
+		t.Fatalf("the client was shown %s, the simulator issued %s", m[1], got)
+	}
+
+	for {
+		var stdout, stderr bytes.Buffer
+		cmd := h.cli(ctx, aliceUPN, "anything", "SELECT CURRENT_USER()")
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		if err == nil {
+			if got := strings.TrimSpace(stdout.String()); got != userNative.Name+"@%" {
+				t.Fatalf("CURRENT_USER() = %q, want %s@%%", got, userNative.Name)
+			}
+			break
+		}
+		if !strings.Contains(stderr.String(), "Sign-in required") || ctx.Err() != nil {
+			t.Fatalf("reconnect: %v: %s", err, stderr.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	h.waitEvent("auth.succeeded", func(m map[string]any) bool { return m["method"] == string(auth.MethodDeviceCode) })
+}
+
+var cliKey = regexp.MustCompile(`session key as your password:\s+(\S+)`)
+
+// Dialog mode in the mariadb command line: the prompt is shown in the
+// same connection, the person presses Enter, sees the session key,
+// presses Enter again, and the query runs; then the key signs in
+// without a prompt.
+func TestCLIDialogAndSessionKey(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+
+	var stdout, stderr bytes.Buffer
+	cmd := h.cli(ctx, aliceUPN, "anything", "SELECT CURRENT_USER()")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	code := h.approveNext(ctx, aliceUPN)
+	// Enter after signing in, Enter after reading the key.
+	if _, err := stdin.Write([]byte("\n\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("mariadb: %v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	if !strings.Contains(out, "enter the code "+code) {
+		t.Errorf("the prompt does not show the code %s: %q", code, out)
+	}
+	m := cliKey.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no session key shown: %q", out)
+	}
+	key := m[1]
+	t.Logf("mariadb showed:\n%s", strings.ReplaceAll(out, key, "<session key>"))
+	if !strings.HasSuffix(strings.TrimSpace(out), userNative.Name+"@%") {
+		t.Errorf("output %q does not end with the query's result", out)
+	}
+	h.waitEvent("auth.succeeded", func(m map[string]any) bool { return m["method"] == string(auth.MethodDeviceCode) })
+	issued := len(h.events("auth.device_code.issued"))
+
+	stdout.Reset()
+	stderr.Reset()
+	again := h.cli(ctx, aliceUPN, key, "SELECT CURRENT_USER()")
+	again.Stdout, again.Stderr = &stdout, &stderr
+	if err := again.Run(); err != nil {
+		t.Fatalf("with the session key: %v: %s", err, stderr.String())
+	}
+	if got := strings.TrimSpace(stdout.String()); got != userNative.Name+"@%" {
+		t.Errorf("with the session key, CURRENT_USER() = %q", got)
+	}
+	if n := len(h.events("auth.device_code.issued")); n != issued {
+		t.Error("the session key led to a new device code")
+	}
+	h.waitEvent("auth.succeeded", func(m map[string]any) bool { return m["method"] == string(auth.MethodSessionKey) })
+	h.noSecretsLogged(key, code, userNative.Password)
+}

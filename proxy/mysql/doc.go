@@ -1,0 +1,98 @@
+// Package mysql is portcullis's MySQL and MariaDB front door: the server
+// side of the classic protocol's connection phase, written here so that
+// every byte up to the hand-off is portcullis's own; the sign-in prompts
+// rendered as MySQL errors or MariaDB dialog questions; protocol-native
+// refusals; and the login to the real server with
+// github.com/go-mysql-org/go-mysql's client, whose connection is then
+// spliced to the client's. go-mysql's mysql package supplies the
+// constants and codecs; its server package is not used, because a proxy
+// needs the handshake's exact bytes, sequence ids and capabilities in
+// hand.
+//
+// One connection, as Protocol.Serve reads:
+//
+//  1. Greeting. A HandshakeV10 with a connection id of portcullis's own
+//     (see KILL below), the version of the listener's default resource's
+//     server once one has been seen (clients adapt to it; the resource is
+//     only known after the greeting), caching_sha2_password as the
+//     plugin, and only the capabilities listed at offeredCaps.
+//  2. TLS and the HandshakeResponse41. A client that sends an SSLRequest
+//     gets TLS with the configured certificate (its ClientHello may come
+//     right behind the request, as the server does not answer it). Every
+//     packet before the splice is checked: at most 64 KiB, sequence ids
+//     in order, every field within the packet; anything else is an ERR
+//     (1153, 1156, 1043) and a close. A client without TLS is refused with
+//     1045 telling it to connect with --ssl: portcullis only takes
+//     passwords in the clear, and only over TLS. (Secrets that a
+//     mysql_native_password scramble could prove, such as session keys,
+//     would need the store to keep a scramble-checkable hash; it keeps
+//     SHA-256 only.)
+//  3. Resource. The database in the handshake names the resource; none
+//     means the listener's default_resource; an unknown one is 1049
+//     (42000). The backend database is the resource's.
+//  4. Password. A client on caching_sha2_password is told to perform full
+//     authentication and sends the password in the clear over TLS, which
+//     stock clients do without any cleartext option. A client that
+//     answered with another plugin is switched to mysql_clear_password
+//     (AskCleartext does that for everyone, greeting with
+//     mysql_native_password).
+//  5. Decision. Retry mode (most clients): a device-code prompt is an ERR
+//     1045 (28000) whose message holds the verification URL and code;
+//     auth keeps polling and a reconnect by the same user from the same
+//     address completes. Dialog mode (MariaDB's client library, which has
+//     the dialog plugin, and in prompt: auto only its mysql/mariadb
+//     command line): portcullis switches the client to the dialog plugin,
+//     whose first question shows the URL and code and waits for Enter;
+//     the sign-in finishes in the same connection, and a last question
+//     shows the new session key ("Press Enter to continue"). A client that
+//     hangs up ends the wait.
+//  6. Backend. go-mysql's client logs in (mysql_native_password,
+//     caching_sha2_password over TLS or RSA, MariaDB's client_ed25519;
+//     TLS disable, require or verify-full with a CA file) asking for
+//     exactly the wire-relevant capabilities the client agreed to
+//     (relayedCaps), never compression, LOCAL INFILE or query attributes;
+//     a server that lacks one the client agreed to is refused rather than
+//     spliced out of step. CLIENT_INTERACTIVE, which go-mysql cannot send,
+//     becomes SET SESSION wait_timeout = @@interactive_timeout. The
+//     client's connection attributes are passed on, with
+//     portcullis_session added. go-mysql reads through a buffer of its
+//     own; a boundedConn under it stops every read at the end of the
+//     MySQL packet (before TLS) or TLS record (after) in flight, so no
+//     byte beyond the login's last packet is read and none is lost at the
+//     hand-off.
+//  7. OK. The client gets an OK with its own sequence id and the backend
+//     session's status flags (go-mysql does not keep the backend's OK, so
+//     its warnings and session-tracking data of the login are not
+//     relayed). In retry mode, after a fresh sign-in, its info string
+//     holds the session key; the mariadb command line does not show it,
+//     and address grace lets the person's next connections in anyway.
+//  8. Splice. The client's read-ahead goes first; then bytes both ways.
+//
+// # What the splice looks at
+//
+// Client to backend, the splice watches packet headers only, and the
+// first byte of each command (sequence id 0). COM_CHANGE_USER is answered
+// with ERR 1235 and never reaches the backend: the session stays who it
+// is. A short COM_QUERY "KILL [QUERY|CONNECTION] <id>" naming a
+// connection id portcullis gave out (the mysql command line's Ctrl-C sends
+// exactly that, with the id from the greeting) is carried out by
+// portcullis against that session's backend thread if it belongs to the
+// same person (else ERR 1095), and the backend is sent DO 0 instead, so
+// the answer carries its real status. KILL with a backend thread id (from
+// CONNECTION_ID() or the process list) passes through unchanged. The ids
+// portcullis hands out are at or above 2^30, where no real server's
+// thread ids are.
+//
+// Backend to client, packet headers are followed so that portcullis can
+// end a session between two packets: on shutdown the client gets ERR 1053
+// (08S01), when an operator ends it ERR 1927 (70100), numbered to follow
+// the exchange in flight; the backend gets COM_QUIT, and its running
+// query is killed.
+//
+// Refusals: 1045 (28000) for a bad key or token, a pending, declined or
+// mismatched sign-in, or a disabled account; 1044 (42000) for someone not
+// allowed on the resource; 1049 (42000) for an unknown resource; 1105
+// when Entra ID or Graph cannot be reached (portcullis fails closed); 1429
+// when the backend cannot be reached or refuses portcullis's login, naming
+// the resource and never its address.
+package mysql

@@ -1,0 +1,220 @@
+package mysql
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/portcullisdb/portcullis/config"
+	"github.com/portcullisdb/portcullis/proxy"
+)
+
+// Protocol is MySQL (and MariaDB) for a proxy.Server.
+type Protocol struct {
+	cleartext bool
+	// versions are the server versions of the resources' backends, as
+	// last seen, for the greeting.
+	versions sync.Map
+	sessions sessions
+}
+
+// Option tunes a Protocol.
+type Option func(*Protocol)
+
+// AskCleartext makes portcullis ask every client for its password with
+// an auth switch to mysql_clear_password rather than through
+// caching_sha2_password's full authentication: for clients that have
+// cleartext passwords turned on (go-sql-driver's allowCleartextPasswords,
+// --enable-cleartext-plugin) but cannot do caching_sha2_password. The
+// password travels over TLS either way.
+func AskCleartext() Option { return func(p *Protocol) { p.cleartext = true } }
+
+// New returns the MySQL protocol, for proxy.Deps.Protocols.
+func New(opts ...Option) *Protocol {
+	p := &Protocol{sessions: sessions{byID: make(map[uint32]*liveSession)}}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
+}
+
+// Name is "mysql", as listeners and resources spell it.
+func (*Protocol) Name() string { return config.ProtocolMySQL }
+
+// fallbackVersion is the greeting's server version until a backend of the
+// listener's default resource has been seen.
+const fallbackVersion = "8.0.0-portcullis"
+
+// greetingVersion is the version the client is greeted with: the real
+// one of the default resource's server once known, since clients adapt
+// to it (the resource is only known after the greeting).
+func (p *Protocol) greetingVersion(c *proxy.Conn) string {
+	if v, ok := p.versions.Load(c.Listener().DefaultResource); ok {
+		return v.(string)
+	}
+	return fallbackVersion
+}
+
+// greetPlugin is the authentication plugin the greeting proposes.
+func (p *Protocol) greetPlugin() string {
+	if p.cleartext {
+		return pluginNative
+	}
+	return pluginCachingSHA2
+}
+
+// Serve runs one client connection: greeting and TLS, handshake
+// response, password, decision, backend login, the OK, then the splice.
+func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
+	id, err := p.sessions.reserve()
+	if err != nil {
+		return fmt.Errorf("session %s: %w", c.ID(), err)
+	}
+	defer p.sessions.release(id)
+	fe := newFrontend(p, c, id)
+
+	// 1. Greeting, TLS and the handshake response.
+	if err := fe.greet(p.greetingVersion(c)); err != nil {
+		return fe.fail(ctx, err)
+	}
+	if err := fe.readHandshake(); err != nil {
+		return fe.fail(ctx, err)
+	}
+	res, err := fe.resource()
+	if err != nil {
+		return fe.fail(ctx, err)
+	}
+
+	// 2. The password, in the clear over TLS.
+	password, err := fe.password()
+	if err != nil {
+		return fe.fail(ctx, err)
+	}
+
+	// 3. Who is it, and may they? This may prompt and wait.
+	dec, err := fe.decide(ctx, res, password)
+	if err != nil {
+		return fe.fail(ctx, err)
+	}
+
+	// 4. Log in to the backend before telling the client anything more.
+	be, err := connectBackend(ctx, res, dec.Backend, backendLogin{caps: fe.caps, collation: fe.hs.collation, attrs: fe.hs.attrs, sessionID: c.ID()})
+	if err != nil {
+		c.BackendFailed(err)
+		return fe.fail(ctx, err)
+	}
+	defer be.conn.Close()
+	p.versions.Store(res.Name, be.version)
+	// The key itself means nothing to a MySQL client; registering lets
+	// portcullis stop a running query when it ends the session.
+	if _, err := c.IssueCancelKey(func(ctx context.Context) error { return be.kill(ctx, false) }); err != nil {
+		return fe.fail(ctx, fmt.Errorf("session %s: %w", c.ID(), err))
+	}
+
+	// 5. Answer the client.
+	if err := fe.ready(dec, be.status); err != nil {
+		return fe.fail(ctx, err)
+	}
+	p.sessions.activate(id, dec.Identity.ObjectID, be.kill)
+
+	// 6. Relay until either side is done.
+	var last atomic.Uint32
+	client := &clientStream{Conn: fe.pc.conn, pending: fe.pc.pending(), kills: p.sessions.killerFor(dec.Identity.ObjectID)}
+	return c.Splice(proxy.Relay{
+		Client:    client,
+		Backend:   be.conn,
+		ToBackend: &packetFramer{last: &last},
+		ToClient:  &packetFramer{last: &last},
+		Goodbye:   goodbye(&last),
+		Terminate: terminate,
+	})
+}
+
+// sessions are the connection ids portcullis has handed out in
+// greetings, and how to kill each one's backend thread.
+type sessions struct {
+	mu   sync.Mutex
+	byID map[uint32]*liveSession
+}
+
+type liveSession struct {
+	oid  string // the identity, once logged in
+	kill func(ctx context.Context, connection bool) error
+}
+
+// Connection ids portcullis hands out are in [idBase, 2*idBase): far
+// above the thread ids of any real server, so a KILL with one never
+// reaches the wrong thread.
+const idBase = 1 << 30
+
+func (s *sessions) reserve() (uint32, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for range 32 {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, fmt.Errorf("connection id: %w", err)
+		}
+		id := idBase | binary.LittleEndian.Uint32(b[:])&(idBase-1)
+		if _, taken := s.byID[id]; !taken {
+			s.byID[id] = &liveSession{}
+			return id, nil
+		}
+	}
+	return 0, errors.New("connection id: no free id")
+}
+
+func (s *sessions) activate(id uint32, oid string, kill func(context.Context, bool) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ls, ok := s.byID[id]; ok {
+		ls.oid, ls.kill = oid, kill
+	}
+}
+
+func (s *sessions) release(id uint32) {
+	s.mu.Lock()
+	delete(s.byID, id)
+	s.mu.Unlock()
+}
+
+func (s *sessions) killerFor(oid string) killer { return &sessionKiller{s: s, oid: oid} }
+
+// sessionKiller carries out KILLs of portcullis connection ids for one
+// identity: MySQL lets a user kill only their own threads, and portcullis
+// lets a person kill only their own sessions.
+type sessionKiller struct {
+	s   *sessions
+	oid string
+}
+
+func (k *sessionKiller) kill(ctx context.Context, id uint32, connection bool) (bool, []byte, []byte) {
+	k.s.mu.Lock()
+	ls, ok := k.s.byID[id]
+	var oid string
+	var kill func(context.Context, bool) error
+	if ok {
+		oid, kill = ls.oid, ls.kill
+	}
+	k.s.mu.Unlock()
+	switch {
+	case !ok:
+		return false, nil, nil
+	case kill == nil:
+		return true, nil, errPacket(gomysql.ER_NO_SUCH_THREAD, stateGeneral, fmt.Sprintf("Unknown thread id: %d", id))
+	case oid != k.oid:
+		return true, nil, errPacket(gomysql.ER_KILL_DENIED_ERROR, stateGeneral, fmt.Sprintf("You are not owner of thread %d", id))
+	}
+	if err := kill(ctx, connection); err != nil {
+		return true, nil, errPacket(gomysql.ER_UNKNOWN_ERROR, stateGeneral, fmt.Sprintf("portcullis could not kill thread %d: its backend did not carry out the KILL", id))
+	}
+	// A statement that does nothing, so the backend answers with the
+	// session's real status flags.
+	return true, append([]byte{gomysql.COM_QUERY}, "DO 0"...), nil
+}
