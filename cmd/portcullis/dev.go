@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -20,6 +21,7 @@ import (
 	"text/template"
 	"time"
 
+	_ "github.com/go-sql-driver/mysql" // database/sql driver for the demo setup
 	"github.com/jackc/pgx/v5"
 
 	"github.com/portcullisdb/portcullis/auth/entrasim"
@@ -27,10 +29,15 @@ import (
 	"github.com/portcullisdb/portcullis/internal/logging"
 )
 
-// Demo roles created in the local PostgreSQL; policy maps groups to them.
+// Demo roles created in the local PostgreSQL and MySQL; policy maps groups
+// to them.
 const (
 	devAnalystRole = "portcullis_demo_analyst"
 	devFinanceRole = "portcullis_demo_finance"
+	// devMySQLResource is the MySQL resource; devMySQLDatabase the
+	// database made for it.
+	devMySQLResource = "demo_mysql"
+	devMySQLDatabase = "portcullis_demo"
 )
 
 func cmdDev(ctx context.Context, args []string, e env, stdout, stderr io.Writer) error {
@@ -40,6 +47,9 @@ func cmdDev(ctx context.Context, args []string, e env, stdout, stderr io.Writer)
 	pgListen := fs.String("postgres-listen", "127.0.0.1:15432", "address of the PostgreSQL listener")
 	pgBackend := fs.String("postgres-backend", "127.0.0.1:5432", "the local PostgreSQL behind the proxy")
 	pgAdmin := fs.String("postgres-admin-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "connection used once to create the demo roles")
+	myListen := fs.String("mysql-listen", "127.0.0.1:13306", "address of the MySQL listener")
+	myBackend := fs.String("mysql-backend", "127.0.0.1:3306", "the local MariaDB or MySQL behind the proxy (empty: no MySQL listener)")
+	myAdmin := fs.String("mysql-admin-dsn", "root@tcp(127.0.0.1:3306)/", "connection used once to create the demo users and database")
 	stateDir := fs.String("state-dir", "", "where dev keeps its config, CA and secrets (default: the user cache directory)")
 	logFormat := fs.String("log-format", "console", "json or console")
 	if err := parseFlags(fs, args); err != nil {
@@ -88,6 +98,10 @@ func cmdDev(ctx context.Context, args []string, e env, stdout, stderr io.Writer)
 		passwords[role] = randomPassword()
 	}
 	rolesErr := createDevRoles(ctx, *pgAdmin, passwords)
+	var usersErr error
+	if *myBackend != "" {
+		usersErr = createDevMySQLUsers(ctx, *myAdmin, passwords)
+	}
 
 	secrets := map[string]string{"graph-secret": graphSecret}
 	for role, pw := range passwords {
@@ -103,6 +117,7 @@ func cmdDev(ctx context.Context, args []string, e env, stdout, stderr io.Writer)
 		TenantID: dir.Tenant.ID, ClientID: app, SimURL: sim.URL(), CAFile: caFile, StateDir: *stateDir,
 		CertFile: certFile, KeyFile: keyFile, Listen: *pgListen, Backend: *pgBackend,
 		AnalystRole: devAnalystRole, FinanceRole: devFinanceRole,
+		MySQLListen: *myListen, MySQLBackend: *myBackend, MySQLDatabase: devMySQLDatabase,
 	})
 	if err != nil {
 		return err
@@ -121,7 +136,7 @@ func cmdDev(ctx context.Context, args []string, e env, stdout, stderr io.Writer)
 		approveFlags = " --state-dir " + *stateDir
 	}
 	printed := func(addrs []net.Addr) {
-		// The listener's real address: --postgres-listen may ask for port 0.
+		// The listeners' real addresses: --*-listen may ask for port 0.
 		listen := addrs[0].String()
 		host, port, _ := net.SplitHostPort(listen)
 		fmt.Fprintf(stderr, `
@@ -134,19 +149,34 @@ portcullis dev is running.
 Try it (any password: it starts a device-code sign-in):
 
   psql "host=%s port=%s dbname=demo user=alice@contoso.example sslmode=require"
+`, sim.URL(), dir.Tenant.ID, listen, *pgBackend, cfgFile, host, port)
+		if *myBackend != "" {
+			myListen := addrs[1].String()
+			myHost, myPort, _ := net.SplitHostPort(myListen)
+			fmt.Fprintf(stderr, `
+  MySQL listener                %s → %s
 
-psql shows a URL and a code. Open the URL (the browser will warn about the
-simulator's private CA; %s is it), or approve from another terminal:
+  mariadb --ssl -h %s -P %s -u alice@contoso.example --password=x %s
+`, myListen, *myBackend, myHost, myPort, devMySQLResource)
+		}
+		fmt.Fprintf(stderr, `
+The client shows a URL and a code. Open the URL (the browser will warn
+about the simulator's private CA; %s is it), or approve from another
+terminal:
 
   go run ./cmd/portcullis dev approve CODE --as alice@contoso.example%s
 
 alice (Analysts) gets %s; bob (Finance) gets %s; carol is in no
-allowed group and is refused. psql then shows a session key: use it as the
-password to reconnect without signing in again.
-`, sim.URL(), dir.Tenant.ID, listen, *pgBackend, cfgFile, host, port, caFile, approveFlags, devAnalystRole, devFinanceRole)
+allowed group and is refused. After signing in you are shown a session
+key: use it as the password to reconnect without signing in again.
+`, caFile, approveFlags, devAnalystRole, devFinanceRole)
 		if rolesErr != nil {
-			fmt.Fprintf(stderr, "\nwarning: could not create the demo roles in %s (%v);\nsign-ins will work but the backend login will fail until roles %s and %s exist.\n",
+			fmt.Fprintf(stderr, "\nwarning: could not create the demo roles in PostgreSQL at %s (%v);\nsign-ins will work but the backend login will fail until roles %s and %s exist.\n",
 				*pgBackend, rolesErr, devAnalystRole, devFinanceRole)
+		}
+		if usersErr != nil {
+			fmt.Fprintf(stderr, "\nwarning: could not create the demo users in MySQL at %s (%v);\nsign-ins will work but the backend login will fail until users %s and %s exist.\n",
+				*myBackend, usersErr, devAnalystRole, devFinanceRole)
 		}
 		fmt.Fprintln(stderr)
 	}
@@ -193,6 +223,36 @@ func createDevRoles(ctx context.Context, adminURL string, passwords map[string]s
 		// base64url, and quoted by the literal escaper below.
 		if _, err := conn.Exec(ctx, fmt.Sprintf("%s role %s login password %s", verb, ident, quoteLiteral(pw))); err != nil {
 			return fmt.Errorf("%s role %s: %w", verb, role, err)
+		}
+	}
+	return nil
+}
+
+// createDevMySQLUsers makes the demo database and users in the local
+// MariaDB or MySQL (or resets their passwords).
+func createDevMySQLUsers(ctx context.Context, dsn string, passwords map[string]string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		return fmt.Errorf("connect as admin: %w", err)
+	}
+	defer db.Close()
+	stmts := []string{"create database if not exists " + devMySQLDatabase}
+	for role, pw := range passwords {
+		// 'localhost' too: a connection over 127.0.0.1 may match an
+		// anonymous ''@localhost account before '%'.
+		for _, host := range []string{"%", "localhost"} {
+			account := quoteLiteral(role) + "@" + quoteLiteral(host)
+			stmts = append(stmts,
+				"create user if not exists "+account,
+				"alter user "+account+" identified by "+quoteLiteral(pw),
+				"grant all on "+devMySQLDatabase+".* to "+account)
+		}
+	}
+	for _, stmt := range stmts {
+		if _, err := db.ExecContext(ctx, stmt); err != nil {
+			return fmt.Errorf("%s: %w", strings.SplitN(stmt, " identified", 2)[0], err)
 		}
 	}
 	return nil
@@ -246,6 +306,7 @@ type devConfigValues struct {
 	TenantID, ClientID, SimURL, CAFile, StateDir string
 	CertFile, KeyFile, Listen, Backend           string
 	AnalystRole, FinanceRole                     string
+	MySQLListen, MySQLBackend, MySQLDatabase     string
 }
 
 // devConfigTemplate is a real configuration file: what dev runs is what
@@ -277,12 +338,34 @@ resources:
         user: {{.AnalystRole}}
         password_file: {{.StateDir}}/{{.AnalystRole}}.password
 
+{{- if .MySQLBackend}}
+  - name: demo_mysql
+    protocol: mysql
+    address: {{.MySQLBackend}}
+    database: {{.MySQLDatabase}}
+    allow_groups: [Analysts, Finance]
+    credentials:
+      - groups: [Finance]
+        user: {{.FinanceRole}}
+        password_file: {{.StateDir}}/{{.FinanceRole}}.password
+      - groups: [Analysts]
+        user: {{.AnalystRole}}
+        password_file: {{.StateDir}}/{{.AnalystRole}}.password
+{{- end}}
+
 listeners:
   - name: postgres
     protocol: postgres
     address: {{.Listen}}
     tls: required
     default_resource: demo
+{{- if .MySQLBackend}}
+  - name: mysql
+    protocol: mysql
+    address: {{.MySQLListen}}
+    tls: required
+    default_resource: demo_mysql
+{{- end}}
 
 tls:
   cert_file: {{.CertFile}}

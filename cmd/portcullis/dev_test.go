@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portcullisdb/portcullis/internal/testmysql"
 	"github.com/portcullisdb/portcullis/internal/testpg"
 )
 
@@ -21,6 +22,7 @@ var (
 	psqlCommandRE = regexp.MustCompile(`psql "([^"]+)"`)
 	userCodeRE    = regexp.MustCompile(`enter the code ([^\s,]+)`)
 	sessionKeyRE  = regexp.MustCompile(`session key as your password: (\S+)`)
+	mariadbRE     = regexp.MustCompile(`mariadb --ssl -h (\S+) -P (\d+) `)
 )
 
 // `portcullis dev` end to end, as its printed instructions tell a person
@@ -28,7 +30,8 @@ var (
 // approved with `dev approve`, the mapped role, then the session key.
 func TestDevEndToEnd(t *testing.T) {
 	psql := lookPsql(t)
-	pg := testpg.Start(t, testpg.Options{}) // the "local PostgreSQL"
+	pg := testpg.Start(t, testpg.Options{})       // the "local PostgreSQL"
+	my := testmysql.Start(t, testmysql.Options{}) // the "local MariaDB"
 	stateDir := t.TempDir()
 	adminURL := fmt.Sprintf("postgres://postgres@/postgres?host=%s&port=%d&sslmode=disable", pg.SocketDir, pg.Port)
 
@@ -43,6 +46,9 @@ func TestDevEndToEnd(t *testing.T) {
 			"--postgres-listen", "127.0.0.1:0",
 			"--postgres-backend", pg.Addr(),
 			"--postgres-admin-url", adminURL,
+			"--mysql-listen", "127.0.0.1:0",
+			"--mysql-backend", my.Addr(),
+			"--mysql-admin-dsn", "root@unix(" + my.Socket + ")/",
 			"--state-dir", stateDir,
 			"--log-format", "json",
 		}, nil, &stdout, &stderr)
@@ -125,6 +131,26 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	if got := strings.TrimSpace(second.stdout); got != devAnalystRole {
 		t.Errorf("with the session key, current_user = %q, want %q", got, devAnalystRole)
+	}
+
+	// The same sign-in reaches the MySQL resource, through the printed
+	// mariadb command, with the session key as the password.
+	mm := mariadbRE.FindStringSubmatch(instructions)
+	if mm == nil {
+		t.Fatalf("dev printed no mariadb command:\n%s", instructions)
+	}
+	mariadb, err := exec.LookPath("mariadb")
+	if err != nil {
+		t.Fatalf("mariadb client: %v", err)
+	}
+	cmd := exec.Command(mariadb, "--ssl", "-h", mm[1], "-P", mm[2], "-u", "alice@contoso.example", "--password="+key,
+		"-N", "-B", "-e", "select current_user()", devMySQLResource)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("mariadb through dev: %v\n%s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); !strings.HasPrefix(got, devAnalystRole+"@") {
+		t.Errorf("MySQL current_user() = %q, want %s@…", got, devAnalystRole)
 	}
 
 	cancel()

@@ -15,6 +15,7 @@ import (
 	"github.com/portcullisdb/portcullis/config"
 	"github.com/portcullisdb/portcullis/internal/logging"
 	"github.com/portcullisdb/portcullis/proxy"
+	"github.com/portcullisdb/portcullis/proxy/mysql"
 	"github.com/portcullisdb/portcullis/proxy/postgres"
 )
 
@@ -87,7 +88,7 @@ func runProxy(ctx context.Context, cfg *config.Config, log *zap.Logger, clientTL
 	}
 	srv, err := proxy.New(cfg, proxy.Deps{
 		Authorizer: authz,
-		Protocols:  []proxy.Protocol{postgres.New()},
+		Protocols:  []proxy.Protocol{postgres.New(), mysql.New()},
 		Logger:     log,
 		TLS:        clientTLS,
 	})
