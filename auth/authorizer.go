@@ -31,8 +31,18 @@ type Deps struct {
 	// Graph client for the provider (NewGraphGroupSource).
 	Groups map[string]GroupSource
 	// Sessions keeps session keys and address-grace records. Default: a
-	// MemorySessionStore.
+	// MemorySessionStore. Replicas share them through a shared store
+	// (internal/store on PostgreSQL).
 	Sessions SessionStore
+	// PendingSignIns shares error-mode sign-ins in progress with other
+	// replicas. Default: Sessions, if it is a PendingSignInStore (give it
+	// explicitly when Sessions is wrapped, say for metrics); otherwise
+	// they stay in this process.
+	PendingSignIns PendingSignInStore
+	// TOTP checks TOTP codes for resources with require_totp (*mfa.TOTP
+	// on the state store). It has no default: New refuses a configuration
+	// with such a resource and no TOTP.
+	TOTP TOTPVerifier
 	// Now is the clock for session expiry, address grace, the service
 	// principal cache and token validation. Default: time.Now.
 	Now func() time.Time
@@ -47,6 +57,8 @@ type Authorizer struct {
 	log        *zap.Logger
 	now        func() time.Time
 	store      SessionStore
+	pending    PendingSignInStore // nil: error-mode sign-ins stay in this process
+	totp       TOTPVerifier
 	providers  map[string]*provider
 	rcfg       []config.Resource
 	aliases    map[string]string // lower-case login → lower-case UPN
@@ -54,8 +66,9 @@ type Authorizer struct {
 	grace      time.Duration
 	spCache    *spCache
 
-	started   atomic.Bool
-	resources map[string]*resource // set by Start, then read-only
+	started atomic.Bool
+	admin   config.Admin
+	policy  atomic.Pointer[policy] // set by Start, replaced by Reload (admin.go)
 
 	// bg bounds background work: error-mode polling, store cleanup.
 	bg       context.Context
@@ -80,8 +93,10 @@ func New(cfg *config.Config, deps Deps) (*Authorizer, error) {
 		log:        deps.Logger,
 		now:        deps.Now,
 		store:      deps.Sessions,
+		totp:       deps.TOTP,
 		providers:  map[string]*provider{},
 		rcfg:       cfg.Resources,
+		admin:      cfg.Admin,
 		aliases:    map[string]string{},
 		sessionTTL: cfg.Sessions.TTL,
 		flows:      map[flowKey]*flow{},
@@ -94,6 +109,10 @@ func New(cfg *config.Config, deps Deps) (*Authorizer, error) {
 	}
 	if a.store == nil {
 		a.store = NewMemorySessionStore()
+	}
+	a.pending = deps.PendingSignIns
+	if a.pending == nil {
+		a.pending, _ = a.store.(PendingSignInStore)
 	}
 	// config.Load fills the defaults; a Config built by hand gets the same
 	// ones here. An address grace of zero turns it off.
@@ -140,6 +159,9 @@ func New(cfg *config.Config, deps Deps) (*Authorizer, error) {
 		if _, err := a.providerFor(r); err != nil {
 			return nil, fmt.Errorf("auth: %w", err)
 		}
+		if r.RequireTOTP && a.totp == nil {
+			return nil, fmt.Errorf("auth: resource %q requires TOTP, and no TOTP verifier (state store) was given", r.Name)
+		}
 	}
 	a.bg, a.bgCancel = context.WithCancel(context.Background())
 	return a, nil
@@ -163,8 +185,8 @@ func (a *Authorizer) providerFor(r config.Resource) (*provider, error) {
 }
 
 // Start fetches each provider's discovery documents and signing keys and
-// resolves the group display names in the resources to object ids via
-// Graph. An unknown or ambiguous group name is an error naming it. It also
+// resolves the group display names in the resources and admin.groups to
+// object ids via Graph. An unknown or ambiguous group name is an error naming it. It also
 // starts the cleanup of expired session keys, which runs until Close.
 func (a *Authorizer) Start(ctx context.Context) error {
 	if a.started.Load() {
@@ -175,33 +197,11 @@ func (a *Authorizer) Start(ctx context.Context) error {
 			return fmt.Errorf("auth: %w", err)
 		}
 	}
-	names := map[string][]string{} // provider → group references
-	for _, r := range a.rcfg {
-		p, _ := a.providerFor(r)
-		names[p.name] = append(names[p.name], groupRefs(r)...)
+	pol, err := a.resolvePolicy(ctx, a.rcfg, a.admin)
+	if err != nil {
+		return err
 	}
-	ids := map[string]map[string]string{}
-	for pname, list := range names {
-		list = dedupe(list)
-		if len(list) == 0 {
-			continue
-		}
-		got, err := a.providers[pname].groups.ResolveGroups(ctx, list)
-		if err != nil {
-			return fmt.Errorf("auth: resolve groups of provider %q: %w", pname, err)
-		}
-		ids[pname] = got
-	}
-	resources := map[string]*resource{}
-	for _, r := range a.rcfg {
-		p, _ := a.providerFor(r)
-		res, err := resolveResource(r, p, ids[p.name])
-		if err != nil {
-			return fmt.Errorf("auth: %w", err)
-		}
-		resources[r.Name] = res
-	}
-	a.resources = resources
+	a.policy.Store(pol)
 	if !a.started.CompareAndSwap(false, true) {
 		return errors.New("auth: already started")
 	}
@@ -242,13 +242,14 @@ func (a *Authorizer) Close() error {
 
 // Decide proves who is connecting and decides whether they may use the
 // resource they asked for. It returns a *Decision, or an error that is a
-// *Refusal or (error prompt mode) a *SignInPending. See the package
-// documentation for the methods and the rules.
+// *Refusal, a *TOTPRequired (the resource needs a TOTP code this
+// connection did not give) or (error prompt mode) a *SignInPending. See
+// the package documentation for the methods and the rules.
 func (a *Authorizer) Decide(ctx context.Context, req Request) (*Decision, error) {
 	if !a.started.Load() {
 		return nil, &Refusal{Reason: ReasonUnavailable, Message: "portcullis is still starting; try again shortly", Err: errors.New("auth: Decide before Start")}
 	}
-	res, ok := a.resources[req.Resource]
+	res, ok := a.resourceFor(req)
 	if ok && req.Protocol != "" && res.cfg.Protocol != "" && req.Protocol != res.cfg.Protocol {
 		// A PostgreSQL resource does not exist as far as a MySQL client is
 		// concerned, and the other way round.
@@ -258,14 +259,9 @@ func (a *Authorizer) Decide(ctx context.Context, req Request) (*Decision, error)
 		return nil, &Refusal{Reason: ReasonUnknownResource, Message: fmt.Sprintf("there is no resource called %q", req.Resource)}
 	}
 	p := res.provider
-	if res.cfg.RequireTOTP {
-		// TOTP verification arrives with the mfa package. Until then a
-		// resource that demands it is closed to everyone, before any
-		// sign-in is started for nothing.
-		return nil, &Refusal{
-			Reason:  ReasonNotAllowed,
-			Message: fmt.Sprintf("%q requires a TOTP code, and TOTP is not available in this build", req.Resource),
-		}
+	receivedAt := req.ReceivedAt
+	if receivedAt.IsZero() {
+		receivedAt = a.now()
 	}
 	if strings.TrimSpace(req.LoginName) == "" {
 		return nil, &Refusal{Reason: ReasonBadCredentials, Message: "no user name was given"}
@@ -285,6 +281,13 @@ func (a *Authorizer) Decide(ctx context.Context, req Request) (*Decision, error)
 		// A client secret may happen to have two dots; a JWT always starts
 		// with an encoded '{"'.
 		pw = Password{Kind: CredentialNone}
+	}
+	if isSP && res.cfg.RequireTOTP && pw.Kind != CredentialAccessToken {
+		// Refused before asking Entra: a program has no authenticator.
+		return nil, &Refusal{
+			Reason:  ReasonNotAllowed,
+			Message: fmt.Sprintf("%q requires a TOTP code, which a service principal cannot give", req.Resource),
+		}
 	}
 	switch {
 	case pw.Kind == CredentialAccessToken:
@@ -342,12 +345,31 @@ func (a *Authorizer) Decide(ctx context.Context, req Request) (*Decision, error)
 		Resource: res.cfg.Name,
 		Backend:  backend,
 	}
+	// The TOTP code is looked at only now, with the identity proven and
+	// allowed in: an unauthenticated caller learns nothing from it.
+	var need *TOTPRequired
+	if res.cfg.RequireTOTP {
+		err := a.checkTOTP(ctx, totpCheck{
+			res: res, id: id, method: method, fresh: fresh, code: pw.TOTP, at: receivedAt,
+			sameAddress: req.ClientAddr.IsValid(),
+		})
+		if err != nil && !errors.As(err, &need) {
+			return nil, err
+		}
+		d.TOTPVerified = err == nil
+	}
 	if fresh {
+		// A person asked to come back with a code gets the key to come
+		// back with.
 		key, expires, err := a.issueSessionKey(ctx, req, id, homeAcct)
 		if err != nil {
 			return nil, err
 		}
 		d.SessionKey, d.SessionKeyExpires = key, expires
+	}
+	if need != nil {
+		need.SessionKey, need.SessionKeyExpires = d.SessionKey, d.SessionKeyExpires
+		return nil, need
 	}
 	return d, nil
 }

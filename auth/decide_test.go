@@ -281,7 +281,6 @@ func TestAuthorization(t *testing.T) {
 		{name: "allowed elsewhere only", login: aliceUPN, resource: "finance", want: ReasonNotAllowed, message: "finance"},
 		{name: "unknown resource", login: aliceUPN, resource: "nope", want: ReasonUnknownResource, message: `"nope"`},
 		{name: "resource of another protocol", login: aliceUPN, resource: "sales", protocol: "mysql", want: ReasonUnknownResource, message: `"sales"`},
-		{name: "TOTP required", login: aliceUPN, resource: "vault", want: ReasonNotAllowed, message: "TOTP is not available in this build"},
 		{name: "entra pass-through", login: aliceUPN, resource: "azure", want: ReasonNotAllowed, message: "not available in this build"},
 	}
 	for _, tt := range tests {
@@ -308,19 +307,23 @@ func TestAuthorization(t *testing.T) {
 	}
 }
 
-func TestTOTPResourceRefusedBeforeSignIn(t *testing.T) {
-	e := newEnv(t)
-	req := Request{Resource: "vault", LoginName: aliceUPN, Password: "123456", ClientAddr: aliceAddr, Mode: PromptError}
-	_, err := e.a.Decide(testContext(t), req)
-	wantRefusal(t, err, ReasonNotAllowed)
-	if n := e.sim.Requests(entrasim.EndpointDeviceCode); n != 0 {
-		t.Errorf("%d device codes requested for a resource that cannot be served", n)
+func TestTOTPNeedsAVerifier(t *testing.T) {
+	sim, err := entrasim.New(testDirectory(), entrasim.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	cfg := simConfig(sim)
+	cfg.Resources[0].RequireTOTP = true
+	_, err = New(cfg, Deps{HTTPClients: httpClients(sim)})
+	if err == nil || !strings.Contains(err.Error(), `resource "sales" requires TOTP`) {
+		t.Errorf("New without a TOTP verifier = %v, want a refusal to start", err)
 	}
 }
 
 func TestStartResolvesGroupNames(t *testing.T) {
 	e := newEnv(t)
-	r := e.a.resources["sales"]
+	r := e.a.policy.Load().resources["sales"]
 	if !r.allow[analystsID] || len(r.allow) != 1 {
 		t.Errorf("sales allow = %v, want Analysts' id", r.allow)
 	}

@@ -79,7 +79,14 @@ type Request struct {
 	Password    string // what the client sent; never logged
 	ClientAddr  netip.Addr
 	Application string // application_name or program name, may be empty
-	Mode        PromptMode
+	// ReceivedAt is when the password arrived; a TOTP code in it is
+	// judged by this time, however long the sign-in takes. Zero means
+	// when Decide was called.
+	ReceivedAt time.Time
+	Mode       PromptMode
+	// Admin asks for the admin console rather than Resource: the same
+	// sign-in, decided against admin.groups, with no backend login.
+	Admin bool
 	// Prompt shows the device-code instructions (notice mode only). It
 	// must not block for long; the decision then waits for the sign-in
 	// until ctx ends or the code expires.
@@ -121,6 +128,9 @@ type Decision struct {
 	// is shown to the user once and stored only as a hash.
 	SessionKey        string
 	SessionKeyExpires time.Time
+	// TOTPVerified: the resource requires TOTP and this connection gave a
+	// good code.
+	TOTPVerified bool
 }
 
 // RefusalReason classifies a refusal so the protocol layer can pick the
@@ -146,6 +156,9 @@ const (
 	// ReasonUnavailable: Entra ID, Graph or the store could not be reached;
 	// we fail closed (08004).
 	ReasonUnavailable RefusalReason = "unavailable"
+	// ReasonTOTPLocked: too many wrong TOTP codes; the user is locked out
+	// of TOTP resources for a while (28000).
+	ReasonTOTPLocked RefusalReason = "totp_locked"
 )
 
 // Refusal is a typed "no". Message is a sentence for the person at the

@@ -54,6 +54,10 @@ type flow struct {
 	waiters    int  // notice-mode connections waiting on this flow
 	detached   bool // an error-mode connection relies on background polling
 	finishedAt time.Time
+
+	// shared: the outcome was shared with other replicas (set before done
+	// is closed), so collecting it here takes it from the store.
+	shared bool
 }
 
 // signInResult is what a completed interactive sign-in proved.
@@ -85,12 +89,28 @@ func (a *Authorizer) deviceCodeSignIn(ctx context.Context, p *provider, req Requ
 		}
 	}
 	key := flowKey{provider: p.name, login: strings.ToLower(req.LoginName), addr: req.ClientAddr}
+	if req.Mode == PromptError {
+		// A flow another replica runs for this person, shared through the
+		// store.
+		if res, handled, err := a.sharedFlow(ctx, p, key, req.LoginName); handled {
+			return res, err
+		}
+	}
 	f, err := a.joinFlow(p, key, req.LoginName, req.Mode == PromptError)
 	if err != nil {
 		return signInResult{}, err
 	}
 	if req.Mode == PromptError {
-		return a.collectFlow(ctx, f)
+		res, err := a.collectFlow(ctx, f)
+		if errors.Is(err, errCollectedElsewhere) {
+			// A reconnect to another replica took the outcome: this is a
+			// later connection, which signs in afresh.
+			if f, err = a.joinFlow(p, key, req.LoginName, true); err != nil {
+				return signInResult{}, err
+			}
+			return a.collectFlow(ctx, f)
+		}
+		return res, err
 	}
 	defer a.leaveFlow(f)
 
@@ -137,6 +157,9 @@ func (a *Authorizer) collectFlow(ctx context.Context, f *flow) (signInResult, er
 		return signInResult{}, &SignInPending{Prompt: f.prompt}
 	}
 	a.forgetFlow(f)
+	if err := a.collectShared(ctx, f); err != nil {
+		return signInResult{}, err
+	}
 	return f.res, f.err
 }
 
@@ -232,6 +255,11 @@ func (a *Authorizer) runFlow(ctx context.Context, p *provider, f *flow, login st
 	a.activePolls.Add(1)
 	defer a.activePolls.Add(-1)
 	finish := func(res signInResult, err error) {
+		if f.prompt.UserCode != "" {
+			// Shared before done closes, so a connection here that
+			// collects the outcome finds it in the store.
+			f.shared = a.publish(ctx, p, f, a.outcome(f, res, err))
+		}
 		a.flowMu.Lock()
 		f.res, f.err, f.finishedAt = res, err, a.now()
 		detached := f.detached
@@ -264,6 +292,9 @@ func (a *Authorizer) runFlow(ctx context.Context, p *provider, f *flow, login st
 		ExpiresAt:       dc.Result.ExpiresOn,
 		Message:         dc.Result.Message,
 	}
+	// Shared before the first connection is answered, so that its
+	// reconnect finds the code whichever replica it reaches.
+	a.publish(ctx, p, f, PendingSignIn{Prompt: f.prompt, ExpiresAt: dc.Result.ExpiresOn})
 	close(f.ready)
 
 	res, err := dc.AuthenticationResult(ctx)

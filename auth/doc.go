@@ -2,15 +2,16 @@
 // use the resource they asked for. It speaks no wire protocol: the
 // PostgreSQL and MySQL front doors collect a login name, a password, the
 // resource and the client address into a Request, call
-// (*Authorizer).Decide, and render the answer — a *Decision, a *Refusal, or
-// a *SignInPending — in their own protocol.
+// (*Authorizer).Decide, and render the answer — a *Decision, a *Refusal, a
+// *TOTPRequired or a *SignInPending — in their own protocol.
 //
 // # Proving who it is
 //
 // Every client is asked for a password, and what it sends selects the
 // method (ParsePassword splits it; see ARCHITECTURE §3):
 //
-//   - An Entra ID access token (a JWT, "xxx.yyy.zzz"). It is checked
+//   - An Entra ID access token (a JWT, "xxx.yyy.zzz", optionally followed
+//     by ":" and a TOTP code). It is checked
 //     without any call to Entra except for signing keys: a size limit and
 //     the three-part shape before any decoding; RS256 only (so "alg: none"
 //     and HS256 signed with the public key are refused before any key is
@@ -63,6 +64,15 @@
 // and per address) so that made-up logins cannot make portcullis poll
 // Entra without bound.
 //
+// Replicas behind one load balancer share error-mode flows when the
+// session store is also a PendingSignInStore (the state store is): the
+// replica that starts a flow records its prompt, and later its outcome,
+// and a reconnect that reaches another replica is shown the same code
+// and collects the outcome, once, wherever it lands. The device code
+// itself, and the polling, stay with the replica that started the flow.
+// In delegated Graph mode nothing is shared: the person's Graph token
+// lives only in that replica.
+//
 // After an interactive sign-in, the same person from the same client
 // address may connect again without a key for sessions.address_grace
 // (MethodAddressGrace; zero turns this off). It exists because GUI tools
@@ -102,14 +112,72 @@
 // the person's own token via /me), requires at least one allowed group,
 // and takes the first credential mapping whose groups meet the person's.
 // Decision.Matched lists the groups that granted access, for the audit
-// log. A resource that requires TOTP is refused for everyone (before any
-// sign-in is started) until TOTP verification is part of the build; an
-// Entra pass-through mapping likewise.
+// log. An Entra pass-through mapping is refused until it is part of the
+// build.
+//
+// # A second factor: TOTP
+//
+// A resource with require_totp asks at every connection for a TOTP code
+// (see package mfa), carried in the same password: "<code>",
+// "<session key>:<code>" or "<access token>:<code>". The code is looked
+// at only after the identity is proven and allowed to use the resource,
+// so a caller who has not proven who they are learns nothing from it (not
+// whether it is right, nor whether the person has enrolled) and cannot
+// count wrong guesses against them. It is judged by Request.ReceivedAt,
+// the time the password arrived, not the time the sign-in finished: a
+// code typed as the password survives a device-code sign-in that took
+// minutes.
+//
+// The outcomes, after the identity and the groups check out:
+//
+//   - a good code: the *Decision, with TOTPVerified set. Its step is
+//     never accepted again for that person, on any replica.
+//   - no code: a *TOTPRequired whose Message says what to reconnect with.
+//   - no secret yet: a *TOTPRequired with an Enrollment (the otpauth URI,
+//     the key for typing in, and the QR code in terminal lines). The
+//     secret stays pending until its first good code. Since only a
+//     freshly proven identity (with whatever MFA Entra demanded) is shown
+//     it, the first person to sign in as a user binds the authenticator:
+//     trust on first use. Operators who want otherwise hand the code over
+//     themselves (`portcullis totp enroll USER --png FILE`);
+//     `portcullis totp reset USER` starts over.
+//   - a wrong code: ReasonBadCredentials, with a *TOTPFailure as the
+//     cause; it counts toward the lockout (mfa.max_failures within
+//     mfa.failure_window).
+//   - a code already used: ReasonBadCredentials; it does not count.
+//   - locked out: ReasonTOTPLocked, saying until when; no code is looked
+//     at meanwhile. The wrong code that locks carries LockedNow, for the
+//     audit event.
+//   - the store unreachable: ReasonUnavailable, never an allow.
+//
+// A service principal cannot give a code: it is refused before Entra is
+// asked (or, presenting an application's token, after the token checks).
+//
+// A person in device-code notice mode cannot give a code on the
+// connection that signs them in: the password was sent before the
+// sign-in prompt. That connection signs them in and ends with the
+// *TOTPRequired (enrolment or not) carrying the new session key; they
+// reconnect with "<session key>:<code>", or with just the code from the
+// same address within sessions.address_grace. Someone who knows the
+// resource wants a code types it as the password at once: it is checked,
+// at its arrival time, when the sign-in completes.
+//
+// # The admin console and reloads
+//
+// A Request with Admin set asks for the admin console: the same methods
+// and identity rules, decided against admin.groups (resolved at Start
+// like allow_groups, on admin.provider or the only provider), with no
+// backend login in the Decision. Reload puts a new configuration's
+// resources and admin groups in force for decisions from then on,
+// after resolving their groups; providers cannot change without a
+// restart. Ready tells a readiness probe whether Start has completed.
 //
 // # Secrets
 //
-// No password, token, session key, client secret or device code is
-// written to a log or put in an error string: refusals carry a sentence
+// No password, token, session key, client secret, device code, TOTP code
+// or TOTP secret is written to a log or put in an error string (the
+// enrolment in a *TOTPRequired is in fields of its own, for the person's
+// screen only): refusals carry a sentence
 // for the person (Refusal.Message) and a cause for the operator
 // (Refusal.Err) reduced to status codes and OAuth error codes. The logger
 // in Deps receives background events only (a sign-in completed with no

@@ -245,7 +245,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // simConfig is the test configuration against sim: one provider in
-// application Graph mode and four resources.
+// application Graph mode and three resources. (TOTP resources are tested
+// in totp_test.go, against a real state store.)
 func simConfig(sim *entrasim.Server) *config.Config {
 	return &config.Config{
 		Providers: []config.Provider{{
@@ -270,8 +271,6 @@ func simConfig(sim *entrasim.Server) *config.Config {
 				Name: "finance", Protocol: "postgres", AllowGroups: []string{financeID},
 				Credentials: []config.CredentialMapping{{Groups: []string{financeID}, User: "fin", Password: config.NewSecret(financePass)}},
 			},
-			{Name: "vault", Protocol: "postgres", AllowGroups: []string{"Analysts"}, RequireTOTP: true,
-				Credentials: []config.CredentialMapping{{Groups: []string{"Analysts"}, User: "vault"}}},
 			{Name: "azure", Protocol: "postgres", AllowGroups: []string{"Analysts"},
 				Credentials: []config.CredentialMapping{{Groups: []string{"Analysts"}, Entra: true}}},
 		},

@@ -46,6 +46,7 @@ const (
 //	                      starts "eyJ" and has two dots: validation
 //	                      then refuses it rather than a device code
 //	                      being started for a mangled token)
+//	<JWT>:<TOTP>          the same, with a 6-digit TOTP code
 //	<session key>         a key from an earlier sign-in
 //	<session key>:<TOTP>  the same, with a 6-digit TOTP code
 //	<TOTP>                just a 6-digit code (sign in with a device code)
@@ -76,11 +77,26 @@ func ParsePassword(s string) Password {
 	}
 	// A JWT, or something that means to be one (a JSON header in base64url
 	// starts "eyJ"): the latter is refused by validation rather than
-	// silently starting a device-code sign-in.
-	if looksLikeJWT(s) || (strings.HasPrefix(s, "eyJ") && strings.Count(s, ".") >= 2) {
+	// silently starting a device-code sign-in. A JWT has no ':', so one
+	// before six final digits separates a TOTP code.
+	if tok, code, ok := cutLast(s, ':'); ok && isSixDigits(code) && isToken(tok) {
+		return Password{Kind: CredentialAccessToken, Credential: tok, TOTP: code}
+	}
+	if isToken(s) {
 		return Password{Kind: CredentialAccessToken, Credential: s}
 	}
 	return Password{Kind: CredentialNone}
+}
+
+func isToken(s string) bool {
+	return looksLikeJWT(s) || (strings.HasPrefix(s, "eyJ") && strings.Count(s, ".") >= 2)
+}
+
+func cutLast(s string, sep byte) (before, after string, ok bool) {
+	if i := strings.LastIndexByte(s, sep); i >= 0 {
+		return s[:i], s[i+1:], true
+	}
+	return s, "", false
 }
 
 func isSixDigits(s string) bool {

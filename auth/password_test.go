@@ -25,6 +25,9 @@ func TestParsePassword(t *testing.T) {
 		{name: "session key and TOTP", password: key + ":654321", want: Password{Kind: CredentialSessionKey, Credential: key, TOTP: "654321"}},
 		{name: "session key and a bad TOTP", password: key + ":65432x", want: Password{Kind: CredentialSessionKey, Credential: key + ":65432x"}},
 		{name: "JWT", password: jwtLike, want: Password{Kind: CredentialAccessToken, Credential: jwtLike}},
+		{name: "JWT and TOTP", password: jwtLike + ":024680", want: Password{Kind: CredentialAccessToken, Credential: jwtLike, TOTP: "024680"}},
+		{name: "JWT and a bad TOTP", password: jwtLike + ":02468", want: Password{Kind: CredentialAccessToken, Credential: jwtLike + ":02468"}},
+		{name: "words and a code", password: "hunter2:123456", want: Password{Kind: CredentialNone}},
 		{name: "JWT without signature", password: "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", want: Password{Kind: CredentialAccessToken, Credential: "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."}},
 		{name: "dotted words", password: "a.b.c", want: Password{Kind: CredentialAccessToken, Credential: "a.b.c"}},
 		{name: "two parts", password: "abc.def", want: Password{Kind: CredentialNone}},
@@ -92,7 +95,11 @@ func FuzzParsePassword(f *testing.F) {
 				t.Fatalf("parts %q + %q do not rebuild %q", p.Credential, p.TOTP, s)
 			}
 		case CredentialAccessToken:
-			if p.Credential != s || p.TOTP != "" {
+			want := p.Credential
+			if p.TOTP != "" {
+				want += ":" + p.TOTP
+			}
+			if want != s {
 				t.Fatalf("token parse of %q = %+v", s, p)
 			}
 		default:

@@ -256,6 +256,10 @@ func (a *Authorizer) validateToken(ctx context.Context, p *provider, raw, login 
 		jwt.WithLeeway(clockSkew),
 		jwt.WithExpirationRequired(),
 		jwt.WithTimeFunc(a.now),
+		// One spelling per token: the loose decoder ignores the padding
+		// bits of the last character, so a token could otherwise be
+		// altered without touching its signature.
+		jwt.WithStrictDecoding(),
 	)
 	var keyErr error
 	claims := jwt.MapClaims{}

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"hash"
-	"os"
 	"time"
 
 	"software.sslmate.com/src/go-pkcs12"
@@ -57,9 +56,9 @@ func (c ClientCertificate) MarshalText() ([]byte, error) { return []byte(c.Strin
 // must match a certificate, which becomes the leaf; an expired leaf is an
 // error. Errors never contain the password or key material.
 func LoadClientCertificate(path, password string) (*ClientCertificate, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path, maxPEMFile)
 	if err != nil {
-		return nil, fileError(path, err)
+		return nil, err
 	}
 	var certs []*x509.Certificate
 	var key any

@@ -18,6 +18,8 @@ type Config struct {
 	Store Store `yaml:"store"`
 	// Sessions governs reuse of a sign-in.
 	Sessions Sessions `yaml:"sessions"`
+	// MFA governs TOTP codes for resources that require them.
+	MFA MFA `yaml:"mfa"`
 	// Admin is the operator surface: admin groups and the HTTP address.
 	Admin Admin `yaml:"admin"`
 	// Proxy holds connection-handling limits.
@@ -164,8 +166,9 @@ type TLS struct {
 
 // Store selects the durable state backend.
 type Store struct {
-	// Driver is "memory" (default until the durable store lands), "sqlite"
-	// or "postgres".
+	// Driver is "sqlite" (default: one file, one process), "postgres"
+	// (shared by replicas) or "memory" (forgotten at restart; not for
+	// resources that require TOTP).
 	Driver string `yaml:"driver"`
 	// Path is the SQLite file; default portcullis.db.
 	Path string `yaml:"path"`
@@ -178,11 +181,19 @@ type Store struct {
 	// requires TOTP.
 	KeyEnv  string `yaml:"key_env"`
 	KeyFile string `yaml:"key_file"`
+	// PreviousKeyEnv / PreviousKeyFile supply the key that sealed TOTP
+	// secrets before a rotation: secrets sealed under it still open, and
+	// `portcullis store rotate-key` re-seals them under the key. Remove it
+	// once the rotation has run.
+	PreviousKeyEnv  string `yaml:"previous_key_env"`
+	PreviousKeyFile string `yaml:"previous_key_file"`
 
 	// DSN is resolved from DSNEnv or DSNFile.
 	DSN Secret `yaml:"-"`
 	// Key is resolved from KeyEnv or KeyFile; it is still base64 text.
 	Key Secret `yaml:"-"`
+	// PreviousKey is resolved from PreviousKeyEnv or PreviousKeyFile.
+	PreviousKey Secret `yaml:"-"`
 }
 
 // Sessions governs reuse of a completed sign-in.
@@ -197,10 +208,23 @@ type Sessions struct {
 	Aliases map[string]string `yaml:"aliases"`
 }
 
+// MFA governs the TOTP codes asked for by resources with require_totp.
+type MFA struct {
+	// MaxFailures wrong codes within FailureWindow lock a user's TOTP
+	// sign-ins for FailureWindow; default 5.
+	MaxFailures int `yaml:"max_failures"`
+	// FailureWindow is how long wrong codes count, and how long a lockout
+	// lasts; default 15m.
+	FailureWindow time.Duration `yaml:"failure_window"`
+}
+
 // Admin is the operator surface.
 type Admin struct {
 	// Groups may use the admin console (ids or display names).
 	Groups []string `yaml:"groups"`
+	// Provider names the identity provider admins sign in with; default
+	// the only one, required when there are several.
+	Provider string `yaml:"provider"`
 	// Address is the HTTP address (host:port) for /metrics, /healthz and
 	// /readyz; empty disables it.
 	Address string `yaml:"address"`

@@ -18,6 +18,8 @@ const (
 	DefaultStorePath        = "portcullis.db"
 	DefaultSessionTTL       = 12 * time.Hour
 	DefaultAddressGrace     = 10 * time.Minute
+	DefaultMaxFailures      = 5
+	DefaultFailureWindow    = 15 * time.Minute
 	DefaultHandshakeTimeout = 30 * time.Second
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultMaxStartupBytes  = 10000
@@ -140,7 +142,7 @@ func (c *Config) ApplyDefaults() {
 	}
 
 	if c.Store.Driver == "" {
-		c.Store.Driver = StoreMemory
+		c.Store.Driver = StoreSQLite
 	}
 	if c.Store.Path == "" {
 		c.Store.Path = DefaultStorePath
@@ -152,6 +154,13 @@ func (c *Config) ApplyDefaults() {
 	if c.Sessions.AddressGrace == nil {
 		g := DefaultAddressGrace
 		c.Sessions.AddressGrace = &g
+	}
+
+	if c.MFA.MaxFailures == 0 {
+		c.MFA.MaxFailures = DefaultMaxFailures
+	}
+	if c.MFA.FailureWindow == 0 {
+		c.MFA.FailureWindow = DefaultFailureWindow
 	}
 
 	if c.Proxy.HandshakeTimeout == 0 {
@@ -230,7 +239,7 @@ func (c *Config) filePaths() []*string {
 			ps = append(ps, &r.Credentials[j].PasswordFile)
 		}
 	}
-	return append(ps, &c.TLS.CertFile, &c.TLS.KeyFile, &c.Store.Path, &c.Store.DSNFile, &c.Store.KeyFile)
+	return append(ps, &c.TLS.CertFile, &c.TLS.KeyFile, &c.Store.Path, &c.Store.DSNFile, &c.Store.KeyFile, &c.Store.PreviousKeyFile)
 }
 
 // secretEnvNames returns every variable named by a *_env key.
@@ -252,5 +261,6 @@ func (c *Config) secretEnvNames() map[string]bool {
 	}
 	add(c.Store.DSNEnv)
 	add(c.Store.KeyEnv)
+	add(c.Store.PreviousKeyEnv)
 	return m
 }

@@ -76,14 +76,18 @@
 //	  tls                              required | optional | disabled; required
 //	  default_resource                 none; must exist and speak the listener's protocol
 //	tls.cert_file, tls.key_file        none; both or neither
-//	store.driver                       memory | sqlite | postgres; memory
+//	store.driver                       sqlite | postgres | memory; sqlite (memory refused when a resource requires TOTP)
 //	store.path                         portcullis.db
 //	store.dsn_env / dsn_file           required for postgres
-//	store.key_env / key_file           32 bytes in base64; required for sqlite/postgres when a resource requires TOTP
+//	store.key_env / key_file           32 bytes in base64; required when a resource requires TOTP
+//	store.previous_key_env / _file     none; the key before a rotation, until `portcullis store rotate-key` has run
 //	sessions.ttl                       12h
 //	sessions.address_grace             10m; 0 turns it off
 //	sessions.aliases                   none; login name → UPN
+//	mfa.max_failures                   5; wrong TOTP codes within failure_window that lock a user
+//	mfa.failure_window                 15m; also how long the lockout lasts
 //	admin.groups                       none
+//	admin.provider                     the only provider; required with admin.groups when there are several
 //	admin.address                      none (no admin HTTP)
 //	proxy.handshake_timeout            30s
 //	proxy.drain_timeout                30s

@@ -44,6 +44,12 @@ resources:
 
 var minimalEnv = []string{"READER_PASSWORD=" + readerPassword}
 
+// testStoreKey is a well-formed store key (32 bytes in base64).
+const testStoreKey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+// otherStoreKey is another well-formed store key.
+const otherStoreKey = "HxwdHhscGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA="
+
 // mustParse parses a configuration that must be valid.
 func mustParse(t *testing.T, yamlText string, env, overrides []string) *Config {
 	t.Helper()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -26,7 +25,7 @@ import (
 // Every problem in the content is reported at once in a *ValidationError;
 // any other error means the file could not be read.
 func Load(path string, env, overrides []string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path, maxConfigFile)
 	if err != nil {
 		return nil, fmt.Errorf("config: read %s: %w", path, err)
 	}
@@ -109,6 +108,29 @@ func decodeYAML(ps *problems, data []byte, cfg *Config) {
 type decoder struct {
 	ps    *problems
 	depth int
+	// visits counts values decoded and merges applied. Aliases make a
+	// small document stand for a huge tree ("billion laughs"), so the walk
+	// gives up past maxDecodeVisits instead of expanding it.
+	visits   int
+	tooLarge bool
+}
+
+// maxDecodeVisits is far beyond any real configuration (thousands of
+// resources) and small enough to decode in well under a second.
+const maxDecodeVisits = 1 << 20
+
+// visit counts one step of the walk and reports whether to go on.
+func (d *decoder) visit(n *yaml.Node, path string) bool {
+	if d.tooLarge {
+		return false
+	}
+	d.visits++
+	if d.visits > maxDecodeVisits {
+		d.tooLarge = true
+		d.ps.decodeFailed(d.src(n), path, "expands to more than %d values (aliases repeated too often?)", maxDecodeVisits)
+		return false
+	}
+	return true
 }
 
 var durationType = reflect.TypeOf(time.Duration(0))
@@ -117,6 +139,9 @@ func (d *decoder) src(n *yaml.Node) source { return source{file: d.ps.file, line
 
 // value decodes n into v, whose key path is path.
 func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
+	if !d.visit(n, path) {
+		return
+	}
 	d.depth++
 	defer func() { d.depth-- }()
 	if d.depth > 64 {
@@ -210,6 +235,17 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string) {
 
 // merge applies a "<<" value: one mapping or a list of them.
 func (d *decoder) merge(n *yaml.Node, v reflect.Value, path string) {
+	if !d.visit(n, path) {
+		return
+	}
+	// A mapping can merge itself (&a {<<: *a}): without this bound the
+	// walk would recurse until the stack overflows.
+	d.depth++
+	defer func() { d.depth-- }()
+	if d.depth > 64 {
+		d.ps.decodeFailed(d.src(n), path, "merges nested too deeply (alias loop?)")
+		return
+	}
 	for n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}

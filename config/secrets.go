@@ -37,6 +37,7 @@ func (c *Config) resolveSecrets(ps *problems, env map[string]string) {
 	refs = append(refs,
 		secretRef{"store.dsn", c.Store.DSNEnv, c.Store.DSNFile, &c.Store.DSN},
 		secretRef{"store.key", c.Store.KeyEnv, c.Store.KeyFile, &c.Store.Key},
+		secretRef{"store.previous_key", c.Store.PreviousKeyEnv, c.Store.PreviousKeyFile, &c.Store.PreviousKey},
 	)
 	for _, r := range refs {
 		switch {
@@ -98,17 +99,9 @@ func lookupEnv(env map[string]string, name string) (string, error) {
 // readSecretFile reads a secret from a file, dropping one trailing newline
 // (what editors and `echo` leave behind) and nothing else.
 func readSecretFile(path string) (string, error) {
-	f, err := os.Open(path)
+	data, err := readLimited(path, maxSecretFile)
 	if err != nil {
-		return "", fileError(path, err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
-	if err != nil {
-		return "", fileError(path, err)
-	}
-	if len(data) > maxSecretFile {
-		return "", fmt.Errorf("file %s is larger than %d bytes; is it the right file?", path, maxSecretFile)
+		return "", err
 	}
 	s := string(data)
 	if strings.HasSuffix(s, "\r\n") {
@@ -127,9 +120,9 @@ func readSecretFile(path string) (string, error) {
 func fileError(path string, err error) error {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("file %s does not exist", path)
+		return fmt.Errorf("file %s does not exist%w", path, quiet{fs.ErrNotExist})
 	case errors.Is(err, fs.ErrPermission):
-		return fmt.Errorf("file %s cannot be read: permission denied", path)
+		return fmt.Errorf("file %s cannot be read: permission denied%w", path, quiet{fs.ErrPermission})
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
@@ -138,9 +131,39 @@ func fileError(path string, err error) error {
 	return fmt.Errorf("file %s cannot be read: %w", path, err)
 }
 
+// quiet wraps an error for errors.Is without adding to the message.
+type quiet struct{ err error }
+
+func (q quiet) Error() string { return "" }
+func (q quiet) Unwrap() error { return q.err }
+
 func lastSegment(key string) string {
 	if i := strings.LastIndexByte(key, '.'); i >= 0 {
 		return key[i+1:]
 	}
 	return key
+}
+
+// Upper bounds on files the configuration names, so that a path such as
+// /dev/zero is a clear error rather than exhausted memory.
+const (
+	maxConfigFile = 4 << 20
+	maxPEMFile    = 1 << 20
+)
+
+// readLimited reads a whole file of at most limit bytes.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fileError(path, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fileError(path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("file %s is larger than %d bytes; is it the right file?", path, limit)
+	}
+	return data, nil
 }

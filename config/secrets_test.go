@@ -82,20 +82,23 @@ func TestStoreAndProviderSecrets(t *testing.T) {
 	const (
 		dsn        = "postgres://portcullis:Dsn-pw-91@db/portcullis"
 		key        = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+		oldKey     = "HxwdHhscGRgXFhUUExIREA8ODQwLCgkIBwYFBAMCAQA="
 		clientSeed = "cs~Entra.Secret_42"
 	)
 	keyFile := writeFile(t, dir, "store.key", []byte(key+"\n"))
+	oldKeyFile := writeFile(t, dir, "store-old.key", []byte(oldKey+"\n"))
 	text := strings.Replace(minimal, "    client_id:", "    client_secret_env: ENTRA_SECRET\n    client_id:", 1) +
-		"store:\n  driver: postgres\n  dsn_env: STORE_DSN\n  key_file: " + keyFile + "\n"
+		"store:\n  driver: postgres\n  dsn_env: STORE_DSN\n  key_file: " + keyFile + "\n  previous_key_file: " + oldKeyFile + "\n"
 	env := append(slices.Clone(minimalEnv), "ENTRA_SECRET="+clientSeed, "STORE_DSN="+dsn)
 	cfg := mustParse(t, text, env, nil)
-	if cfg.Store.DSN.Reveal() != dsn || cfg.Store.Key.Reveal() != key || cfg.Providers[0].ClientSecret.Reveal() != clientSeed {
+	if cfg.Store.DSN.Reveal() != dsn || cfg.Store.Key.Reveal() != key || cfg.Store.PreviousKey.Reveal() != oldKey ||
+		cfg.Providers[0].ClientSecret.Reveal() != clientSeed {
 		t.Fatal("a secret did not resolve to its value")
 	}
 	if cfg.Providers[0].GraphAuth != GraphAuthApplication {
 		t.Errorf("graph_auth = %q, want application", cfg.Providers[0].GraphAuth)
 	}
-	for _, s := range []string{dsn, key, clientSeed, readerPassword} {
+	for _, s := range []string{dsn, key, oldKey, clientSeed, readerPassword} {
 		assertNotPrinted(t, cfg, s)
 	}
 }

@@ -38,7 +38,7 @@ func isGUID(s string) bool { return guidPattern.MatchString(s) }
 var multiTenant = map[string]bool{"common": true, "organizations": true, "consumers": true}
 
 // reservedResource is the PostgreSQL database name of the admin console.
-const reservedResource = "portcullis"
+const reservedResource = ConsoleResource
 
 func (c *Config) validate(ps *problems) {
 	providers := map[string]int{}
@@ -65,11 +65,13 @@ func (c *Config) validate(ps *problems) {
 	c.validateTLS(ps)
 	c.validateStore(ps)
 	c.validateSessions(ps)
+	c.validateMFA(ps)
 
 	if c.Admin.Address != "" {
 		checkAddress(ps, "admin.address", c.Admin.Address, false)
 	}
 	checkList(ps, "admin.groups", c.Admin.Groups, "group")
+	c.validateAdminProvider(ps)
 
 	nonNegative(ps, "proxy.handshake_timeout", c.Proxy.HandshakeTimeout)
 	nonNegative(ps, "proxy.drain_timeout", c.Proxy.DrainTimeout)
@@ -284,24 +286,49 @@ func (c *Config) validateStore(ps *problems) {
 		ps.add("store.path", "is required for the sqlite driver")
 	}
 	hasKey := s.KeyEnv != "" || s.KeyFile != "" || s.Key.IsSet()
-	if s.Key.IsSet() {
-		keyName := "store.key_env"
-		if s.KeyFile != "" {
-			keyName = "store.key_file"
-		}
-		// Say what is wrong with the key, never what it is.
-		if b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s.Key.Reveal())); err != nil || len(b) != 32 {
-			ps.add(keyName, "the key must be 32 random bytes in base64 (openssl rand -base64 32)")
-		}
+	hasPrevious := s.PreviousKeyEnv != "" || s.PreviousKeyFile != "" || s.PreviousKey.IsSet()
+	checkStoreKey(ps, s.Key, "store.key", s.KeyFile != "")
+	checkStoreKey(ps, s.PreviousKey, "store.previous_key", s.PreviousKeyFile != "")
+	switch {
+	case hasPrevious && !hasKey:
+		ps.add("store.previous_key", "is set without store.key_env or store.key_file: the previous key is only read while rotating to a new one")
+	case s.Key.IsSet() && s.PreviousKey.IsSet() && strings.TrimSpace(s.Key.Reveal()) == strings.TrimSpace(s.PreviousKey.Reveal()):
+		ps.add("store.previous_key", "is the same key as store.key")
 	}
-	if s.Driver != StoreMemory && !hasKey {
-		for i, r := range c.Resources {
-			if r.RequireTOTP {
-				ps.add("store", "store.key_env or store.key_file is required: resources[%d] requires TOTP, and TOTP secrets are sealed with that key", i)
-				break
-			}
+	for i, r := range c.Resources {
+		if !r.RequireTOTP {
+			continue
 		}
+		switch {
+		case s.Driver == StoreMemory:
+			ps.add("store.driver", "is memory, which forgets TOTP secrets at every restart, and resources[%d] requires TOTP: use sqlite or postgres", i)
+		case !hasKey:
+			ps.add("store", "store.key_env or store.key_file is required: resources[%d] requires TOTP, and TOTP secrets are sealed with that key", i)
+		}
+		break
 	}
+}
+
+// checkStoreKey says what is wrong with a sealing key, never what it is.
+func checkStoreKey(ps *problems, key Secret, name string, fromFile bool) {
+	if !key.IsSet() {
+		return
+	}
+	if fromFile {
+		name += "_file"
+	} else {
+		name += "_env"
+	}
+	if b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(key.Reveal())); err != nil || len(b) != 32 {
+		ps.add(name, "the key must be 32 random bytes in base64 (openssl rand -base64 32)")
+	}
+}
+
+func (c *Config) validateMFA(ps *problems) {
+	if c.MFA.MaxFailures < 0 {
+		ps.add("mfa.max_failures", "must be at least 1, got %d", c.MFA.MaxFailures)
+	}
+	nonNegative(ps, "mfa.failure_window", c.MFA.FailureWindow)
 }
 
 func (c *Config) validateSessions(ps *problems) {
@@ -438,9 +465,9 @@ func checkHTTPS(ps *problems, key, s string) {
 
 // checkCAFile checks that a CA file holds at least one PEM certificate.
 func checkCAFile(ps *problems, key, path string) {
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path, maxPEMFile)
 	if err != nil {
-		ps.add(key, "%s", fileError(path, err).Error())
+		ps.add(key, "%s", err.Error())
 		return
 	}
 	if !x509.NewCertPool().AppendCertsFromPEM(data) {

@@ -122,6 +122,7 @@ func (c *Conn) IssueCancelKey(cancel CancelFunc) (CancelKey, error) {
 func (c *Conn) ForwardCancel(ctx context.Context, key CancelKey) bool {
 	e, ok := c.srv.cancels.lookup(key)
 	if !ok {
+		c.srv.metrics.Failure(c.protocol, "cancel_unknown_key")
 		c.log.Debug("cancel request for an unknown key dropped", logging.Event("cancel.dropped"))
 		return false
 	}
@@ -130,6 +131,7 @@ func (c *Conn) ForwardCancel(ctx context.Context, key CancelKey) bool {
 	start := time.Now()
 	log := c.log.With(zap.String("target_session_id", e.session))
 	if err := e.cancel(ctx); err != nil {
+		c.srv.metrics.Failure(c.protocol, "cancel_failed")
 		log.Warn("cancel request not delivered", logging.Event("cancel.failed"), zap.Error(err))
 		return true
 	}

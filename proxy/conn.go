@@ -92,7 +92,7 @@ func (c *Conn) TLS() *tls.Config { return c.srv.tls }
 
 // Resource finds a resource of this connection's protocol by name.
 func (c *Conn) Resource(name string) (config.Resource, bool) {
-	for _, r := range c.srv.cfg.Resources {
+	for _, r := range c.srv.current.Load().Resources {
 		if r.Name == name && r.Protocol == c.protocol {
 			return r, true
 		}
@@ -127,6 +127,7 @@ func (c *Conn) FinalWrite() error {
 // decision (no TLS, an unknown resource, a malformed startup): reason is a
 // short snake_case word for the log.
 func (c *Conn) Refused(reason string, err error) {
+	c.srv.metrics.Failure(c.protocol, reason)
 	fields := []zap.Field{logging.Event("conn.refused"), zap.String("reason", reason)}
 	if err != nil {
 		fields = append(fields, zap.Error(err))
@@ -138,6 +139,7 @@ func (c *Conn) Refused(reason string, err error) {
 // reached or refused portcullis's login. err may name the internal
 // address: it goes to the log, never to the client.
 func (c *Conn) BackendFailed(err error) {
+	c.srv.metrics.Failure(c.protocol, "backend_failed")
 	c.logger().Warn("backend connection failed", logging.Event("backend.failed"), zap.Error(err))
 }
 
@@ -158,7 +160,9 @@ func (c *Conn) Decide(ctx context.Context, req auth.Request) (*auth.Decision, er
 		}
 	}
 
+	shown := c.watchDeviceCode(&req)
 	dec, err := c.srv.authz.Decide(ctx, req)
+	c.countDecision(ctx, req, dec, err, shown)
 
 	var pending *auth.SignInPending
 	var refusal *auth.Refusal

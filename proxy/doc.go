@@ -48,6 +48,16 @@
 // backend to cancel whatever it is running, and says Relay.Terminate to
 // it. A protocol without framers is simply closed.
 //
+// # Operating it
+//
+// Deps.Metrics is told about every accepted connection, every decision
+// (by method and result), every refusal or failure (by kind) and every
+// connection's end, with its bytes: nothing is counted per relayed chunk.
+// Sessions and RecentIdentities feed the admin console (proxy/console),
+// End is its KILL. Reload swaps the resources new connections are routed
+// to, atomically; open sessions keep what they were given. Draining says
+// Shutdown has begun, for a readiness probe.
+//
 // # Cancel requests
 //
 // A client never learns its backend's cancel key. The protocol registers

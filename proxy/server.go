@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -46,6 +47,9 @@ type Deps struct {
 	// TLS is the configuration clients see. When nil, the certificate is
 	// loaded from cfg.TLS (CertFile, KeyFile), if set.
 	TLS *tls.Config
+	// Metrics counts connections, sign-ins and failures; nil counts
+	// nothing.
+	Metrics Metrics
 }
 
 // Why a connection or session was ended by portcullis rather than by
@@ -69,6 +73,9 @@ type Server struct {
 	log       *zap.Logger
 	tls       *tls.Config
 	cancels   *cancelKeys
+	metrics   Metrics
+	recent    *recentIdentities
+	current   atomic.Pointer[config.Config] // resources for new connections (reload.go)
 
 	// base is the parent of every connection's context; cancelling it,
 	// with a cause, ends them all.
@@ -100,6 +107,8 @@ func New(cfg *config.Config, deps Deps) (*Server, error) {
 		log:       deps.Logger,
 		tls:       deps.TLS,
 		cancels:   newCancelKeys(),
+		metrics:   orNop(deps.Metrics),
+		recent:    newRecentIdentities(),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[string]*Conn),
 	}
@@ -127,6 +136,7 @@ func New(cfg *config.Config, deps Deps) (*Server, error) {
 			return nil, err
 		}
 	}
+	s.current.Store(&s.cfg)
 	s.base, s.endAll = context.WithCancelCause(context.Background())
 	return s, nil
 }
@@ -229,6 +239,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, l config.Listener) 
 			// Out of file descriptors and the like: wait, then go on,
 			// rather than spin or give up on the listener.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.metrics.Failure(l.Protocol, "accept_failed")
 			log.Warn("accept failed", logging.Event("listener.accept_failed"), zap.Error(err), zap.Duration("retry_in", backoff))
 			select {
 			case <-time.After(backoff):
@@ -289,6 +300,7 @@ func (s *Server) End(id string) bool {
 	s.mu.Unlock()
 	if ok {
 		c.cancel(ErrTerminated)
+		s.metrics.SessionRevoked("operator")
 	}
 	return ok
 }
@@ -386,6 +398,7 @@ func (s *Server) serveConn(l config.Listener, proto Protocol, raw net.Conn) {
 	defer raw.Close()
 
 	c := s.newConn(l, proto.Name(), raw)
+	s.metrics.ConnAccepted(l.Name, proto.Name())
 	defer c.cancel(nil)
 	s.register(c)
 	defer s.unregister(c)
@@ -407,4 +420,5 @@ func (s *Server) serveConn(l config.Listener, proto Protocol, raw net.Conn) {
 	defer stop()
 
 	err = proto.Serve(c.ctx, c)
+	s.metrics.ConnClosed(c.info(), err)
 }

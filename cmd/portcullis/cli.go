@@ -53,6 +53,14 @@ Usage:
   portcullis dev approve CODE --as UPN
                                      approve a pending sign-in in the dev simulator
   portcullis config check FILE       print OK or every problem in FILE
+  portcullis totp status USER --config FILE
+                                     show a user's TOTP enrolment, wrong codes and lockout
+  portcullis totp reset USER --config FILE
+                                     forget a user's TOTP secret and lockout; they enrol again
+  portcullis totp enroll USER --png FILE --config FILE
+                                     write a user's TOTP enrolment QR code to a new PNG file
+  portcullis store rotate-key --config FILE
+                                     re-seal TOTP secrets under store.key (old key: store.previous_key)
   portcullis version                 print the version
 
 Run 'portcullis COMMAND -h' for a command's flags.
@@ -101,6 +109,10 @@ func dispatch(ctx context.Context, args []string, e env, stdout, stderr io.Write
 			return &usageError{"usage: portcullis config check FILE"}
 		}
 		return cmdConfigCheck(args[2:], e, stdout, stderr)
+	case "totp":
+		return cmdTOTP(ctx, args[1:], e, stdout, stderr)
+	case "store":
+		return cmdStore(ctx, args[1:], e, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "portcullis %s\n", version)
 		return nil

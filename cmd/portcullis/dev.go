@@ -27,6 +27,7 @@ import (
 	"github.com/portcullisdb/portcullis/auth/entrasim"
 	"github.com/portcullisdb/portcullis/config"
 	"github.com/portcullisdb/portcullis/internal/logging"
+	"github.com/portcullisdb/portcullis/internal/store"
 )
 
 // Demo roles created in the local PostgreSQL and MySQL; policy maps groups
@@ -93,6 +94,11 @@ func cmdDev(ctx context.Context, args []string, e env, stdout, stderr io.Writer)
 		return fmt.Errorf("make the listener's certificate: %w", err)
 	}
 
+	storeKeyFile, keyMade, err := devStoreKey(*stateDir)
+	if err != nil {
+		return err
+	}
+
 	passwords := map[string]string{}
 	for _, role := range []string{devAnalystRole, devFinanceRole} {
 		passwords[role] = randomPassword()
@@ -118,6 +124,7 @@ func cmdDev(ctx context.Context, args []string, e env, stdout, stderr io.Writer)
 		CertFile: certFile, KeyFile: keyFile, Listen: *pgListen, Backend: *pgBackend,
 		AnalystRole: devAnalystRole, FinanceRole: devFinanceRole,
 		MySQLListen: *myListen, MySQLBackend: *myBackend, MySQLDatabase: devMySQLDatabase,
+		StoreKeyFile: storeKeyFile,
 	})
 	if err != nil {
 		return err
@@ -170,6 +177,9 @@ alice (Analysts) gets %s; bob (Finance) gets %s; carol is in no
 allowed group and is refused. After signing in you are shown a session
 key: use it as the password to reconnect without signing in again.
 `, caFile, approveFlags, devAnalystRole, devFinanceRole)
+		if keyMade {
+			fmt.Fprintf(stderr, "\nGenerated a key for sealing TOTP secrets in the state store: %s\n", storeKeyFile)
+		}
 		if rolesErr != nil {
 			fmt.Fprintf(stderr, "\nwarning: could not create the demo roles in PostgreSQL at %s (%v);\nsign-ins will work but the backend login will fail until roles %s and %s exist.\n",
 				*pgBackend, rolesErr, devAnalystRole, devFinanceRole)
@@ -180,7 +190,7 @@ key: use it as the password to reconnect without signing in again.
 		}
 		fmt.Fprintln(stderr)
 	}
-	return runProxy(ctx, cfg, log, nil, printed)
+	return runProxy(ctx, cfg, log, nil, printed, &configSource{path: cfgFile})
 }
 
 // devApplication finds portcullis's own app registration in the directory
@@ -226,6 +236,24 @@ func createDevRoles(ctx context.Context, adminURL string, passwords map[string]s
 		}
 	}
 	return nil
+}
+
+// devStoreKey returns the file holding the key that seals TOTP secrets in
+// the dev state store, making one on the first run (a new key each run
+// would make every enrolled secret unreadable).
+func devStoreKey(dir string) (path string, made bool, err error) {
+	path = filepath.Join(dir, "store.key")
+	if _, err := os.Stat(path); err == nil {
+		return path, false, nil
+	}
+	key, err := store.NewKey()
+	if err != nil {
+		return "", false, fmt.Errorf("generate a store key: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		return "", false, fmt.Errorf("write the store key: %w", err)
+	}
+	return path, true, nil
 }
 
 // createDevMySQLUsers makes the demo database and users in the local
@@ -307,6 +335,7 @@ type devConfigValues struct {
 	CertFile, KeyFile, Listen, Backend           string
 	AnalystRole, FinanceRole                     string
 	MySQLListen, MySQLBackend, MySQLDatabase     string
+	StoreKeyFile                                 string
 }
 
 // devConfigTemplate is a real configuration file: what dev runs is what
@@ -366,6 +395,11 @@ listeners:
     tls: required
     default_resource: demo_mysql
 {{- end}}
+
+store:
+  driver: sqlite
+  path: {{.StateDir}}/portcullis.db
+  key_file: {{.StoreKeyFile}}
 
 tls:
   cert_file: {{.CertFile}}

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -57,7 +60,12 @@ func cmdServe(ctx context.Context, args []string, e env, stdout, stderr io.Write
 	if needsCertificate(cfg) && cfg.TLS.CertFile == "" {
 		return &configError{errors.New("a listener requires TLS but tls.cert_file and tls.key_file are not set")}
 	}
-	return runProxy(ctx, cfg, log, nil, nil)
+	// SIGHUP re-reads the file (operate.go); without Notify it would end
+	// the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return runProxy(ctx, cfg, log, nil, nil, &configSource{path: *path, env: e, sets: sets, hup: hup})
 }
 
 // needsCertificate reports whether any listener may offer TLS.
@@ -73,28 +81,46 @@ func needsCertificate(cfg *config.Config) bool {
 // runProxy runs the identity core and the listeners until ctx ends, then
 // drains open sessions for proxy.drain_timeout. ready, if set, is called
 // once every listener is about to accept, with the addresses they are
-// bound to (in the order of cfg.Listeners; port 0 resolved).
-func runProxy(ctx context.Context, cfg *config.Config, log *zap.Logger, clientTLS *tls.Config, ready func(addrs []net.Addr)) error {
-	authz, err := auth.New(cfg, auth.Deps{Logger: log})
+// bound to (in the order of cfg.Listeners; port 0 resolved). src, if set,
+// is where cfg came from, for reloads (SIGHUP, the console's RELOAD).
+func runProxy(ctx context.Context, cfg *config.Config, log *zap.Logger, clientTLS *tls.Config, ready func(addrs []net.Addr), src *configSource) error {
+	ops := newOperations(cfg, log, src)
+	st, totp, err := openState(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	authz, err := auth.New(cfg, ops.authDeps(auth.Deps{Logger: log, Sessions: st, TOTP: totp}))
 	if err != nil {
 		return &configError{err}
 	}
 	defer authz.Close()
+	if err := ops.startAdmin(); err != nil {
+		return err
+	}
+	defer ops.stopAdmin()
+	ops.authz.Store(authz)
 	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	err = authz.Start(startCtx)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("start the identity core: %w", err)
 	}
+	pg := postgres.New()
 	srv, err := proxy.New(cfg, proxy.Deps{
 		Authorizer: authz,
-		Protocols:  []proxy.Protocol{postgres.New(), mysql.New()},
+		Protocols:  []proxy.Protocol{pg, mysql.New()},
 		Logger:     log,
 		TLS:        clientTLS,
+		Metrics:    ops.reg,
 	})
 	if err != nil {
 		return &configError{err}
 	}
+	if err := ops.serve(authz, srv, pg); err != nil {
+		return err
+	}
+	ops.watchReload(ctx)
 	// Open every listener before serving any, so that a port in use is a
 	// start-up error rather than a half-served configuration.
 	var lns []net.Listener

@@ -37,6 +37,11 @@
 //     the backend's) and ReadyForQuery, in one write.
 //  7. Splice, with the bytes the client codec had buffered going first.
 //
+// The database "portcullis" is the admin console (console.go): the same
+// sign-in, decided against admin.groups, then portcullis answers simple
+// queries itself with text columns (proxy/console runs the commands); the
+// extended protocol gets an ERROR until Sync.
+//
 // Every refusal is a FATAL ErrorResponse a person can act on: 28P01 for a
 // bad key or token, 28000 for a sign-in that is pending, declined, of
 // someone else or not allowed, 3D000 for an unknown resource, 08004 when a

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -103,7 +104,10 @@ type startup struct {
 // readStartup negotiates encryption and reads the StartupMessage (or a
 // CancelRequest).
 func (fe *frontend) readStartup() (*startup, error) {
-	gssSeen := false
+	// Each request may come once, as PostgreSQL has it: a client that
+	// repeats them would otherwise hold the handshake open for ever, one
+	// step deadline at a time.
+	sslSeen, gssSeen := false, false
 	for {
 		if err := fe.c.Step(); err != nil {
 			return nil, err
@@ -117,6 +121,10 @@ func (fe *frontend) readStartup() (*startup, error) {
 			if fe.tls {
 				return nil, protocolError("SSLRequest on an encrypted connection", "repeated_ssl_request")
 			}
+			if sslSeen {
+				return nil, protocolError("repeated SSLRequest", "repeated_ssl_request")
+			}
+			sslSeen = true
 			if err := fe.startTLS(); err != nil {
 				return nil, err
 			}
@@ -284,9 +292,16 @@ func (fe *frontend) password(st *startup) (string, error) {
 	if err := fe.c.Step(); err != nil {
 		return "", err
 	}
+	// Only a password or a goodbye may come now, and nothing else is
+	// decoded: several of the codec's decoders (Query, Bind, FunctionCall,
+	// CopyFail) index past the end of a message whose contents lie, and a
+	// panic in a handler ends the whole process.
+	if err := fe.expectType("a password", 'p', 'X'); err != nil {
+		return "", err
+	}
 	msg, err := fe.codec.Receive()
 	if err != nil {
-		return "", err
+		return "", malformed(err, "a password")
 	}
 	switch m := msg.(type) {
 	case *pgproto3.PasswordMessage:
@@ -309,7 +324,8 @@ func (fe *frontend) decide(ctx context.Context, res config.Resource, st *startup
 		Password:    password,
 		ClientAddr:  fe.c.ClientAddr().Addr(),
 		Application: app,
-		Mode:        promptMode(res.Prompt, app),
+		Mode:        startupPromptMode(res.Prompt, st.params),
+		Admin:       res.Name == config.ConsoleResource,
 	}
 
 	dctx, cancel := context.WithCancelCause(ctx)
@@ -512,6 +528,36 @@ func appendMessage(buf []byte, msg pgproto3.BackendMessage) []byte {
 		return buf
 	}
 	return out
+}
+
+// expectType refuses the next message, before anything decodes it,
+// unless its type byte is one of types.
+func (fe *frontend) expectType(expected string, types ...byte) error {
+	b, err := fe.br.Peek(1)
+	if err != nil {
+		return &clientIOError{err}
+	}
+	for _, t := range types {
+		if b[0] == t {
+			return nil
+		}
+	}
+	return protocolError(fmt.Sprintf("expected %s, got a message of type %q", expected, b[0]), "unexpected_message")
+}
+
+// malformed makes the codec's complaint about what the client sent (an
+// unknown message type, a negative length, a missing terminator) a
+// protocol violation; read failures and portcullis's own refusals pass
+// through as they are.
+func malformed(err error, expected string) error {
+	var (
+		io *clientIOError
+		f  *fatal
+	)
+	if errors.As(err, &io) || errors.As(err, &f) {
+		return err
+	}
+	return &fatal{code: codeProtocolViolation, message: "malformed message where " + expected + " was expected", reason: "malformed_message", err: err}
 }
 
 func protocolError(msg, reason string) *fatal {

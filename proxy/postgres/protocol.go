@@ -9,7 +9,12 @@ import (
 )
 
 // Protocol is PostgreSQL for a proxy.Server.
-type Protocol struct{}
+type Protocol struct {
+	// Console, when set, answers the admin console: the database named
+	// config.ConsoleResource (console.go). Set it before the Server
+	// serves.
+	Console Console
+}
 
 // New returns the PostgreSQL protocol, for proxy.Deps.Protocols.
 func New() *Protocol { return &Protocol{} }
@@ -19,7 +24,7 @@ func (*Protocol) Name() string { return config.ProtocolPostgres }
 
 // Serve runs one client connection: startup, credentials, decision,
 // backend login, the answer to the client, then the splice.
-func (*Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
+func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	fe := newFrontend(c)
 
 	// 1. Encryption and startup; a cancel request ends here.
@@ -30,6 +35,9 @@ func (*Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	if st.cancel != nil {
 		c.ForwardCancel(ctx, *st.cancel)
 		return nil
+	}
+	if st.params["database"] == config.ConsoleResource {
+		return p.serveConsole(ctx, fe, st)
 	}
 	res, err := fe.resource(st)
 	if err != nil {
