@@ -379,11 +379,13 @@ func (s *Server) register(c *Conn) {
 	s.mu.Unlock()
 }
 
+// unregister forgets a connection. Its cancel keys go first, so that a
+// session no longer listed can no longer be cancelled either.
 func (s *Server) unregister(c *Conn) {
+	s.cancels.releaseSession(c.id)
 	s.mu.Lock()
 	delete(s.conns, c.id)
 	s.mu.Unlock()
-	s.cancels.releaseSession(c.id)
 }
 
 func (s *Server) count() int {

@@ -201,9 +201,16 @@ func Launch(opts Options) (*Server, error) {
 	}()
 
 	data := filepath.Join(dir, "data")
+	// A temporary directory of its own: servers sharing /tmp collide on
+	// the names of their internal temporary tables during bootstrap.
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return nil, fmt.Errorf("make the server's tmpdir: %w", err)
+	}
 	install := exec.Command(installDB, append([]string{
 		"--no-defaults",
 		"--datadir=" + data,
+		"--tmpdir=" + tmp,
 		"--auth-root-authentication-method=normal",
 		"--skip-test-db",
 		"--skip-name-resolve",
@@ -323,6 +330,7 @@ func (s *Server) run(mariadbd, data string, tlsArgs []string) error {
 	args := []string{
 		"--no-defaults",
 		"--datadir=" + data,
+		"--tmpdir=" + filepath.Join(s.Dir, "tmp"),
 		"--socket=" + s.Socket,
 		"--port=" + strconv.Itoa(s.Port),
 		"--bind-address=127.0.0.1",
