@@ -155,8 +155,7 @@ func (a *Authorizer) adminProvider(admin config.Admin) (*provider, error) {
 }
 
 // Reload puts cfg's resources and admin groups in force for decisions
-// that begin from now on; decisions already made (open sessions) are not
-// revisited. Group names are resolved through Graph first, so a reload
+// that begin from now on, and for rechecks of open sessions (Recheck). Group names are resolved through Graph first, so a reload
 // that names an unknown group fails and the running policy stays.
 //
 // Providers cannot change while portcullis runs (their clients, caches,
@@ -289,6 +288,8 @@ func MethodFor(req Request) Method {
 	switch {
 	case pw.Kind == CredentialAccessToken && (!isSP || strings.HasPrefix(pw.Credential, "eyJ")):
 		return MethodAccessToken
+	case pw.Kind == CredentialAccessKey && (!isSP || wellFormedAccessKey(pw.Credential)):
+		return MethodAccessKey
 	case isSP:
 		return MethodServicePrincipal
 	case pw.Kind == CredentialSessionKey:

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/portcullisdb/portcullis/auth/entrasim"
 	"github.com/portcullisdb/portcullis/config"
@@ -213,6 +214,10 @@ func TestMethodFor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	akey, _, _, err := NewAccessKey("contoso", etlBotApp, "finance", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name, login, password string
 		want                  Method
@@ -223,6 +228,9 @@ func TestMethodFor(t *testing.T) {
 		{name: "token", login: aliceUPN, password: "eyJhbGciOiJSUzI1NiJ9.eyJ4IjoxfQ.c2ln", want: MethodAccessToken},
 		{name: "service principal secret", login: etlBotApp, password: "s3cr.et.x", want: MethodServicePrincipal},
 		{name: "service principal token", login: etlBotApp, password: "eyJhbGciOiJSUzI1NiJ9.eyJ4IjoxfQ.c2ln", want: MethodAccessToken},
+		{name: "access key", login: aliceUPN, password: akey, want: MethodAccessKey},
+		{name: "service principal's access key", login: etlBotApp, password: akey, want: MethodAccessKey},
+		{name: "service principal secret that starts like a key", login: etlBotApp, password: AccessKeyPrefix + "not-a-key", want: MethodServicePrincipal},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -46,8 +46,16 @@ type Deps struct {
 	// Now is the clock for session expiry, address grace, the service
 	// principal cache and token validation. Default: time.Now.
 	Now func() time.Time
-	// ServicePrincipalCacheTTL defaults to DefaultServicePrincipalCacheTTL.
+	// ServicePrincipalCacheTTL overrides service_principals.cache_ttl
+	// (default DefaultServicePrincipalCacheTTL).
 	ServicePrincipalCacheTTL time.Duration
+	// Lockout counts wrong service-principal secrets toward the TOTP
+	// lockout. Default: TOTP, if it implements Lockout; otherwise wrong
+	// secrets are refused without being counted.
+	Lockout Lockout
+	// AccessKeys keeps the access keys admins make. Default: Sessions, if
+	// it implements AccessKeyStore; otherwise access keys are refused.
+	AccessKeys AccessKeyStore
 }
 
 // Authorizer decides who may use which resource. Create it with New, call
@@ -65,6 +73,8 @@ type Authorizer struct {
 	sessionTTL time.Duration
 	grace      time.Duration
 	spCache    *spCache
+	lockout    Lockout        // nil: wrong secrets are not counted
+	keys       AccessKeyStore // nil: access keys are refused
 
 	started atomic.Bool
 	admin   config.Admin
@@ -123,8 +133,19 @@ func New(cfg *config.Config, deps Deps) (*Authorizer, error) {
 	for login, upn := range cfg.Sessions.Aliases {
 		a.aliases[strings.ToLower(login)] = strings.ToLower(upn)
 	}
+	a.lockout = deps.Lockout
+	if a.lockout == nil {
+		a.lockout, _ = deps.TOTP.(Lockout)
+	}
+	a.keys = deps.AccessKeys
+	if a.keys == nil {
+		a.keys, _ = a.store.(AccessKeyStore)
+	}
 	ttl := deps.ServicePrincipalCacheTTL
 	if ttl == 0 {
+		ttl = cfg.ServicePrincipals.CacheTTL
+	}
+	if ttl <= 0 {
 		ttl = DefaultServicePrincipalCacheTTL
 	}
 	var err error
@@ -274,12 +295,18 @@ func (a *Authorizer) Decide(ctx context.Context, req Request) (*Decision, error)
 		graphToken string
 		fresh      bool // an interactive sign-in just completed
 		homeAcct   string
+		keyID      string   // the access key that proved the identity
+		tokenAud   []string // audiences of a presented token
 		err        error
 	)
 	_, _, isSP := servicePrincipalLogin(req.LoginName)
 	if isSP && pw.Kind == CredentialAccessToken && !strings.HasPrefix(pw.Credential, "eyJ") {
 		// A client secret may happen to have two dots; a JWT always starts
 		// with an encoded '{"'.
+		pw = Password{Kind: CredentialNone}
+	}
+	if isSP && pw.Kind == CredentialAccessKey && !wellFormedAccessKey(pw.Credential) {
+		// Likewise a secret may start like an access key.
 		pw = Password{Kind: CredentialNone}
 	}
 	if isSP && res.cfg.RequireTOTP && pw.Kind != CredentialAccessToken {
@@ -292,10 +319,13 @@ func (a *Authorizer) Decide(ctx context.Context, req Request) (*Decision, error)
 	switch {
 	case pw.Kind == CredentialAccessToken:
 		method = MethodAccessToken
-		id, err = a.validateToken(ctx, p, pw.Credential, req.LoginName)
+		id, tokenAud, err = a.checkToken(ctx, p, pw.Credential, req.LoginName)
 		if err == nil {
 			err = a.checkLogin(req.LoginName, id)
 		}
+	case pw.Kind == CredentialAccessKey:
+		method = MethodAccessKey
+		id, keyID, err = a.accessKeySignIn(ctx, p, res, req.LoginName, pw.Credential)
 	case isSP:
 		// The whole password is the secret, whatever it looks like.
 		method = MethodServicePrincipal
@@ -304,10 +334,10 @@ func (a *Authorizer) Decide(ctx context.Context, req Request) (*Decision, error)
 		id, err = a.servicePrincipalSignIn(ctx, p, req.LoginName, req.Password)
 	case pw.Kind == CredentialSessionKey:
 		method = MethodSessionKey
-		id, graphToken, err = a.sessionKeySignIn(ctx, p, req.LoginName, pw.Credential)
+		id, graphToken, homeAcct, err = a.sessionKeySignIn(ctx, p, req.LoginName, pw.Credential)
 	default:
 		var reused bool
-		id, graphToken, reused, err = a.addressGraceSignIn(ctx, p, req)
+		id, graphToken, homeAcct, reused, err = a.addressGraceSignIn(ctx, p, req)
 		if reused {
 			method = MethodAddressGrace
 			break
@@ -333,17 +363,29 @@ func (a *Authorizer) Decide(ctx context.Context, req Request) (*Decision, error)
 	if err != nil {
 		return nil, directoryRefusal(id, "read the groups of", err)
 	}
-	backend, matched, err := res.authorize(id, groups)
+	granted, err := res.authorize(id, groups)
 	if err != nil {
 		return nil, err
 	}
+	backend := granted.backend
+	if granted.entra {
+		backend, err = a.entraBackend(ctx, p, res, entraSource{
+			method: method, id: id, presented: pw.Credential, presentedAud: tokenAud,
+			homeAccount: homeAcct, secret: req.Password,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	d := &Decision{
-		Identity: id,
-		Method:   method,
-		Groups:   groups,
-		Matched:  matched,
-		Resource: res.cfg.Name,
-		Backend:  backend,
+		Identity:    id,
+		Method:      method,
+		Groups:      groups,
+		Matched:     granted.matched,
+		Resource:    res.cfg.Name,
+		Backend:     backend,
+		AccessKeyID: keyID,
+		homeAccount: homeAcct,
 	}
 	// The TOTP code is looked at only now, with the identity proven and
 	// allowed in: an unauthenticated caller learns nothing from it.
@@ -413,67 +455,67 @@ func (a *Authorizer) loginMatches(login string, id Identity) bool {
 
 // sessionKeySignIn accepts a session key issued earlier, for the same
 // login name only.
-func (a *Authorizer) sessionKeySignIn(ctx context.Context, p *provider, login, key string) (Identity, string, error) {
+func (a *Authorizer) sessionKeySignIn(ctx context.Context, p *provider, login, key string) (id Identity, graphToken, homeAccount string, err error) {
 	bad := &Refusal{
 		Reason:  ReasonBadCredentials,
 		Message: fmt.Sprintf("the session key presented for %s is not valid (it may have expired); connect with any other password to sign in again", login),
 	}
 	if !wellFormedSessionKey(key) {
 		bad.Err = errors.New("malformed session key")
-		return Identity{}, "", bad
+		return Identity{}, "", "", bad
 	}
 	h := hashSessionKey(key)
 	rec, ok, err := a.store.GetSignIn(ctx, h)
 	if err != nil {
-		return Identity{}, "", storeRefusal(login, err)
+		return Identity{}, "", "", storeRefusal(login, err)
 	}
 	if !ok {
 		bad.Err = errors.New("no such session key")
-		return Identity{}, "", bad
+		return Identity{}, "", "", bad
 	}
 	if !a.now().Before(rec.ExpiresAt) {
 		_ = a.store.DeleteSignIn(ctx, h)
 		bad.Err = errors.New("session key expired")
-		return Identity{}, "", bad
+		return Identity{}, "", "", bad
 	}
 	if rec.Identity.Provider != p.name || !a.loginMatches(login, rec.Identity) {
 		// Someone else's key, or a key from another directory: refused as
 		// a bad password (28P01) without saying whose key it is.
 		bad.Err = errors.New("session key issued to another identity")
-		return Identity{}, "", bad
+		return Identity{}, "", "", bad
 	}
 	token, err := a.delegatedToken(ctx, p, rec.HomeAccountID)
 	if err != nil {
-		return Identity{}, "", &Refusal{
+		return Identity{}, "", "", &Refusal{
 			Reason:  ReasonBadCredentials,
 			Message: fmt.Sprintf("the session key of %s can no longer be used to read their groups; connect with any other password to sign in again", login),
 			Err:     err,
 		}
 	}
-	return rec.Identity, token, nil
+	return rec.Identity, token, rec.HomeAccountID, nil
 }
 
 // addressGraceSignIn reuses a sign-in by the same login from the same
 // address within sessions.address_grace. reused is false (and err nil)
 // when there is nothing to reuse.
-func (a *Authorizer) addressGraceSignIn(ctx context.Context, p *provider, req Request) (Identity, string, bool, error) {
+func (a *Authorizer) addressGraceSignIn(ctx context.Context, p *provider, req Request) (id Identity, graphToken, homeAccount string, reused bool, err error) {
 	if a.grace <= 0 || !req.ClientAddr.IsValid() {
-		return Identity{}, "", false, nil
+		return Identity{}, "", "", false, nil
 	}
 	rec, ok, err := a.store.GetSignIn(ctx, graceHash(p.name, req.LoginName, req.ClientAddr))
 	if err != nil {
-		return Identity{}, "", false, storeRefusal(req.LoginName, err)
+		return Identity{}, "", "", false, storeRefusal(req.LoginName, err)
 	}
 	if !ok || !a.now().Before(rec.ExpiresAt) || rec.ClientAddr.Unmap() != req.ClientAddr.Unmap() ||
 		rec.Identity.Provider != p.name || !a.loginMatches(req.LoginName, rec.Identity) {
-		return Identity{}, "", false, nil
+		return Identity{}, "", "", false, nil
 	}
 	token, err := a.delegatedToken(ctx, p, rec.HomeAccountID)
 	if err != nil {
 		// The user's Graph token cannot be had again: sign in afresh.
-		return Identity{}, "", false, nil
+		return Identity{}, "", "", false, nil
 	}
-	return rec.Identity, token, true, nil
+	return rec.Identity, token, rec.HomeAccountID, true, nil
 }
 
 // recordGrace remembers a sign-in for address grace as soon as it is

@@ -281,7 +281,7 @@ func TestAuthorization(t *testing.T) {
 		{name: "allowed elsewhere only", login: aliceUPN, resource: "finance", want: ReasonNotAllowed, message: "finance"},
 		{name: "unknown resource", login: aliceUPN, resource: "nope", want: ReasonUnknownResource, message: `"nope"`},
 		{name: "resource of another protocol", login: aliceUPN, resource: "sales", protocol: "mysql", want: ReasonUnknownResource, message: `"sales"`},
-		{name: "entra pass-through", login: aliceUPN, resource: "azure", want: ReasonNotAllowed, message: "not available in this build"},
+		{name: "entra pass-through with a token for portcullis", login: aliceUPN, resource: "azure", want: ReasonNotAllowed, message: "needs an access token for " + OSSRDBMSAudience},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -25,6 +25,7 @@ const (
 	MethodAddressGrace     Method = "address_grace"
 	MethodAccessToken      Method = "access_token"
 	MethodServicePrincipal Method = "service_principal"
+	MethodAccessKey        Method = "access_key"
 )
 
 // Identity is who is connecting, as Entra ID knows them.
@@ -131,6 +132,14 @@ type Decision struct {
 	// TOTPVerified: the resource requires TOTP and this connection gave a
 	// good code.
 	TOTPVerified bool
+	// AccessKeyID names the access key that proved the identity
+	// (MethodAccessKey), for the audit log and for rechecks, which end
+	// the session once the key is revoked.
+	AccessKeyID string
+
+	// homeAccount is the MSAL account of an interactive sign-in kept in
+	// this process, for rechecks in delegated Graph mode.
+	homeAccount string
 }
 
 // RefusalReason classifies a refusal so the protocol layer can pick the
@@ -159,6 +168,13 @@ const (
 	// ReasonTOTPLocked: too many wrong TOTP codes; the user is locked out
 	// of TOTP resources for a while (28000).
 	ReasonTOTPLocked RefusalReason = "totp_locked"
+	// ReasonLocked: too many wrong secrets for a service principal; it is
+	// locked out for a while, by the same counter as TOTP codes (28000).
+	ReasonLocked RefusalReason = "locked"
+	// ReasonKeyRevoked: the access key that opened a session was revoked
+	// or has expired since (rechecks only; at connection time such a key
+	// is ReasonBadCredentials) (28000).
+	ReasonKeyRevoked RefusalReason = "key_revoked"
 )
 
 // Refusal is a typed "no". Message is a sentence for the person at the

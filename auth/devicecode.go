@@ -309,9 +309,11 @@ func (a *Authorizer) runFlow(ctx context.Context, p *provider, f *flow, login st
 	out := signInResult{identity: id, homeAccountID: res.Account.HomeAccountID}
 	if p.delegated && err == nil {
 		out.graphToken = res.AccessToken
-	} else {
-		// Nothing will need this account's refresh token again: do not
-		// keep it in memory.
+	}
+	if err != nil || !a.keepsAccounts(p) {
+		// Nothing will need this account's refresh token again (neither
+		// Graph in the person's name nor a token for Azure Database): do
+		// not keep it in memory.
 		_ = p.pca.RemoveAccount(context.WithoutCancel(ctx), res.Account)
 		out.homeAccountID = ""
 	}

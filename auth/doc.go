@@ -18,7 +18,9 @@
 //     used); the signature against the keys published at the jwks_uri of
 //     the provider's discovery document, fetched again when a token names
 //     an unknown kid (at most every 30 seconds, so made-up kids cannot
-//     make portcullis hammer Entra) and at least daily; the tenant (tid)
+//     make portcullis hammer Entra; 5 seconds after a fetch that failed,
+//     meanwhile refusing such tokens as Entra being unreachable, not as
+//     bad) and at least daily; the tenant (tid)
 //     in allowed_tenants; the issuer equal to the v1 or v2 issuer of that
 //     tenant, as the v1 and v2 discovery documents spell it; the audience
 //     among the provider's audiences; exp and nbf with one minute of skew.
@@ -34,14 +36,28 @@
 //     SQLSTATE 28P01), exactly like a key that never existed, so the
 //     answer does not tell a holder of a stolen key whose it is.
 //
+//   - An access key ("pak_" and 52 base32 characters), made by an admin
+//     (`portcullis keys create`) for one identity — a UPN or an
+//     application id — and one resource, and kept only as its SHA-256 in
+//     the AccessKeyStore. It is accepted only for its resource and for
+//     the login name of its identity (anything else is a bad password),
+//     while neither revoked nor expired; the identity is then looked up in
+//     Graph (IdentityResolver), so a deleted or disabled one is refused,
+//     and its groups decide as for any sign-in.
+//
 //   - A service principal. A login name that is a GUID (an application id)
 //     or "spn:<display name>" makes the whole password the client secret,
 //     proven by a client-credentials grant against Entra through MSAL's
-//     confidential client. A positive answer is remembered for five
-//     minutes under an HMAC of (provider, app id, secret) keyed by a random
-//     per-process value, so a program that opens many connections costs
-//     one token request, the secret itself is never held, and a wrong
-//     secret is always checked with Entra (and refused).
+//     confidential client. A positive answer is remembered for
+//     service_principals.cache_ttl (five minutes) under an HMAC of
+//     (provider, app id, secret) keyed by a random per-process value;
+//     concurrent checks of one secret share a single grant, so a program
+//     that opens many connections at once costs one token request, and
+//     the secret itself is never held. A wrong secret is always checked
+//     with Entra and refused, and Entra's invalid_client answer counts
+//     toward the principal's lockout (Lockout: the TOTP failure counter,
+//     keyed by the application id); while locked, a secret not already
+//     remembered is refused (ReasonLocked) without asking Entra.
 //
 //   - Anything else: an interactive device-code sign-in through MSAL's
 //     public client. The person opens the verification URL, enters the
@@ -112,8 +128,28 @@
 // the person's own token via /me), requires at least one allowed group,
 // and takes the first credential mapping whose groups meet the person's.
 // Decision.Matched lists the groups that granted access, for the audit
-// log. An Entra pass-through mapping is refused until it is part of the
-// build.
+// log.
+//
+// An entra mapping logs in to Azure Database as the identity itself: the
+// backend user is the UPN (a service principal's display name) and the
+// password (BackendCredentials.AccessToken) a token for OSSRDBMSAudience,
+// got without a prompt: the token the client presented when it is already
+// for that audience; for a person who signed in with a device code (or
+// reuses that sign-in), a silent MSAL request with the refresh token kept
+// in memory for providers that have such mappings; for a service
+// principal, a client-credentials grant with its secret, remembered like
+// the proof of the secret. An access key cannot log in this way.
+//
+// # Continuous authorization
+//
+// Recheck decides again, for an open session's Decision, whether its
+// identity may keep its resource: the resource still configured, the
+// access key (if any) neither revoked nor expired, the account enabled,
+// and the transitive groups — read afresh, past the group cache
+// (GroupCacheForgetter) — still allowed and mapped to the same backend
+// login. The proxy runs it every authz.recheck and ends the sessions it
+// refuses; a ReasonUnavailable answer is the proxy's to tolerate for
+// authz.recheck_failures rounds.
 //
 // # A second factor: TOTP
 //

@@ -121,10 +121,20 @@ func resolveResource(r config.Resource, p *provider, ids map[string]string) (*re
 	return out, nil
 }
 
+// grant is what a resource's policy gives an identity: the backend login
+// of the winning credential mapping (or, for an entra mapping, the
+// instruction to log in as the identity itself) and the groups that
+// granted access.
+type grant struct {
+	backend BackendCredentials
+	entra   bool
+	matched []Group
+}
+
 // authorize applies a resource's policy to the identity's groups: some
 // group must be allowed, and the first credential mapping that meets the
 // groups supplies the backend login.
-func (r *resource) authorize(id Identity, groups []Group) (BackendCredentials, []Group, error) {
+func (r *resource) authorize(id Identity, groups []Group) (grant, error) {
 	var matched []Group
 	inMatched := map[string]bool{}
 	for _, g := range groups {
@@ -134,7 +144,7 @@ func (r *resource) authorize(id Identity, groups []Group) (BackendCredentials, [
 		}
 	}
 	if len(matched) == 0 {
-		return BackendCredentials{}, nil, &Refusal{
+		return grant{}, &Refusal{
 			Reason:  ReasonNotAllowed,
 			Message: fmt.Sprintf("%s is not in any group allowed to use %q", id.Name(), r.cfg.Name),
 		}
@@ -149,21 +159,18 @@ func (r *resource) authorize(id Identity, groups []Group) (BackendCredentials, [
 		if len(hit) == 0 {
 			continue
 		}
-		if m.cfg.Entra {
-			return BackendCredentials{}, nil, &Refusal{
-				Reason:  ReasonNotAllowed,
-				Message: fmt.Sprintf("%q maps %s to an Entra pass-through login, which is not available in this build", r.cfg.Name, id.Name()),
-			}
-		}
 		for _, g := range hit {
 			if !inMatched[strings.ToLower(g.ID)] {
 				matched = append(matched, g)
 				inMatched[strings.ToLower(g.ID)] = true
 			}
 		}
-		return BackendCredentials{User: m.cfg.User, Password: m.cfg.Password.Reveal()}, matched, nil
+		if m.cfg.Entra {
+			return grant{entra: true, matched: matched}, nil
+		}
+		return grant{backend: BackendCredentials{User: m.cfg.User, Password: m.cfg.Password.Reveal()}, matched: matched}, nil
 	}
-	return BackendCredentials{}, nil, &Refusal{
+	return grant{}, &Refusal{
 		Reason:  ReasonNotAllowed,
 		Message: fmt.Sprintf("no database login of %q is mapped to the groups of %s", r.cfg.Name, id.Name()),
 	}

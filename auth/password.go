@@ -38,6 +38,8 @@ const (
 	CredentialAccessToken CredentialKind = "access_token"
 	// CredentialSessionKey: a session key issued by portcullis.
 	CredentialSessionKey CredentialKind = "session_key"
+	// CredentialAccessKey: an access key an admin made for a program.
+	CredentialAccessKey CredentialKind = "access_key"
 )
 
 // Password is a password split by the grammar of ARCHITECTURE §3:
@@ -49,6 +51,8 @@ const (
 //	<JWT>:<TOTP>          the same, with a 6-digit TOTP code
 //	<session key>         a key from an earlier sign-in
 //	<session key>:<TOTP>  the same, with a 6-digit TOTP code
+//	<access key>          a key an admin made ("pak_...")
+//	<access key>:<TOTP>   the same, with a 6-digit TOTP code
 //	<TOTP>                just a 6-digit code (sign in with a device code)
 //	anything else         sign in with a device code
 //
@@ -56,7 +60,8 @@ const (
 // principal login name the whole password is the secret (see Decide).
 type Password struct {
 	Kind CredentialKind
-	// Credential is the token or session key; empty for CredentialNone.
+	// Credential is the token, session key or access key; empty for
+	// CredentialNone.
 	Credential string
 	// TOTP is the 6-digit code, when the password carries one.
 	TOTP string
@@ -74,6 +79,12 @@ func ParsePassword(s string) Password {
 			return Password{Kind: CredentialSessionKey, Credential: key, TOTP: code}
 		}
 		return Password{Kind: CredentialSessionKey, Credential: s}
+	}
+	if strings.HasPrefix(s, AccessKeyPrefix) {
+		if key, code, ok := strings.Cut(s, ":"); ok && isSixDigits(code) {
+			return Password{Kind: CredentialAccessKey, Credential: key, TOTP: code}
+		}
+		return Password{Kind: CredentialAccessKey, Credential: s}
 	}
 	// A JWT, or something that means to be one (a JSON header in base64url
 	// starts "eyJ"): the latter is refused by validation rather than

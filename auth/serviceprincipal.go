@@ -56,28 +56,50 @@ func servicePrincipalLogin(login string) (appID, displayName string, ok bool) {
 // spCache remembers accepted service-principal secrets by an HMAC of
 // (provider, app id, secret) under a random per-process key: the secret
 // itself is never held, and the cache is useless outside this process.
+// Concurrent checks of one secret share a single grant (a pool of
+// connections opening at once costs one token request); a failed check is
+// shared only with the callers waiting on it at that moment and is never
+// remembered.
 type spCache struct {
 	salt [32]byte
 	ttl  time.Duration
 
 	mu      sync.Mutex
-	entries map[[sha256.Size]byte]spEntry
+	entries map[spKey]spEntry
+	flights map[spKey]*spFlight
+}
+
+// spKey is an HMAC of the secret and what it is for: the principal's
+// identity (purpose "id") or its token for Azure Database ("rdbms").
+type spKey struct {
+	mac     [sha256.Size]byte
+	purpose string
 }
 
 type spEntry struct {
 	identity Identity
+	token    string // the Azure Database token, for purpose "rdbms"
 	expires  time.Time
 }
 
+type spFlight struct {
+	done  chan struct{}
+	entry spEntry
+	err   error
+	// retry: the caller that ran the check gave up (its context ended),
+	// so the outcome says nothing about the secret.
+	retry bool
+}
+
 func newSPCache(ttl time.Duration) (*spCache, error) {
-	c := &spCache{ttl: ttl, entries: map[[sha256.Size]byte]spEntry{}}
+	c := &spCache{ttl: ttl, entries: map[spKey]spEntry{}, flights: map[spKey]*spFlight{}}
 	if _, err := rand.Read(c.salt[:]); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func (c *spCache) key(provider, appID, secret string) [sha256.Size]byte {
+func (c *spCache) key(provider, appID, secret, purpose string) spKey {
 	m := hmac.New(sha256.New, c.salt[:])
 	for _, s := range []string{provider, strings.ToLower(appID), secret} {
 		var n [8]byte
@@ -85,35 +107,64 @@ func (c *spCache) key(provider, appID, secret string) [sha256.Size]byte {
 		m.Write(n[:])
 		m.Write([]byte(s))
 	}
-	var k [sha256.Size]byte
-	copy(k[:], m.Sum(nil))
+	k := spKey{purpose: purpose}
+	copy(k.mac[:], m.Sum(nil))
 	return k
 }
 
-func (c *spCache) get(k [sha256.Size]byte, now time.Time) (spEntry, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.entries[k]
-	if !ok {
-		return spEntry{}, false
+// do returns the remembered entry for k, or runs check once for every
+// concurrent caller and remembers a success until the entry's expiry (at
+// most the TTL from now).
+func (c *spCache) do(ctx context.Context, k spKey, now func() time.Time, check func() (spEntry, error)) (spEntry, error) {
+	for {
+		c.mu.Lock()
+		if e, ok := c.entries[k]; ok {
+			if now().Before(e.expires) {
+				c.mu.Unlock()
+				return e, nil
+			}
+			delete(c.entries, k)
+		}
+		if f, ok := c.flights[k]; ok {
+			c.mu.Unlock()
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				return spEntry{}, ctx.Err()
+			}
+			if f.retry {
+				continue
+			}
+			return f.entry, f.err
+		}
+		f := &spFlight{done: make(chan struct{})}
+		c.flights[k] = f
+		c.mu.Unlock()
+
+		e, err := check()
+		t := now()
+		c.mu.Lock()
+		delete(c.flights, k)
+		if err == nil {
+			if limit := t.Add(c.ttl); e.expires.IsZero() || e.expires.After(limit) {
+				e.expires = limit
+			}
+			c.sweepLocked(t)
+			c.entries[k] = e
+		}
+		f.entry, f.err, f.retry = e, err, err != nil && ctx.Err() != nil
+		c.mu.Unlock()
+		close(f.done)
+		return e, err
 	}
-	if !now.Before(e.expires) {
-		delete(c.entries, k)
-		return spEntry{}, false
-	}
-	return e, true
 }
 
-func (c *spCache) put(k [sha256.Size]byte, e spEntry, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func (c *spCache) sweepLocked(now time.Time) {
 	for old, v := range c.entries {
 		if !now.Before(v.expires) {
 			delete(c.entries, old)
 		}
 	}
-	e.expires = now.Add(c.ttl)
-	c.entries[k] = e
 }
 
 // servicePrincipalSignIn proves a service principal's identity by a
@@ -146,15 +197,39 @@ func (a *Authorizer) servicePrincipalSignIn(ctx context.Context, p *provider, lo
 		appID = strings.ToLower(sp.AppID)
 	}
 
-	now := a.now()
-	ck := a.spCache.key(p.name, appID, secret)
-	if e, ok := a.spCache.get(ck, now); ok {
-		return e.identity, nil
-	}
+	e, err := a.spCache.do(ctx, a.spCache.key(p.name, appID, secret, "id"), a.now, func() (spEntry, error) {
+		if err := a.checkSecretLockout(ctx, p, appID, login); err != nil {
+			return spEntry{}, err
+		}
+		res, err := a.clientCredentials(ctx, p, appID, secret, p.graphEndpoint+"/.default")
+		if err != nil {
+			return spEntry{}, a.secretRefused(ctx, p, appID, login, err)
+		}
+		id, err := servicePrincipalFromToken(p, res.AccessToken, appID)
+		if err != nil {
+			return spEntry{}, &Refusal{Reason: ReasonUnavailable, Message: fmt.Sprintf("Microsoft Entra ID did not say which service principal %s is", login), Err: err}
+		}
+		if name != "" && id.DisplayName == "" {
+			id.DisplayName = name
+		}
+		if !p.tenantAllowed(id.TenantID) {
+			return spEntry{}, &Refusal{
+				Reason:  ReasonNotAllowed,
+				Message: fmt.Sprintf("service principal %s belongs to a tenant that is not allowed", login),
+				Err:     fmt.Errorf("tenant %q not in allowed_tenants of provider %q", id.TenantID, p.name),
+			}
+		}
+		return spEntry{identity: id}, nil
+	})
+	return e.identity, err
+}
 
+// clientCredentials runs a client-credentials grant for scope with the
+// presented secret.
+func (a *Authorizer) clientCredentials(ctx context.Context, p *provider, appID, secret, scope string) (confidential.AuthResult, error) {
 	cred, err := confidential.NewCredFromSecret(secret)
 	if err != nil {
-		return Identity{}, &Refusal{Reason: ReasonBadCredentials, Message: fmt.Sprintf("the secret presented for service principal %s is not usable", login), Err: errors.New("empty secret")}
+		return confidential.AuthResult{}, &Refusal{Reason: ReasonBadCredentials, Message: fmt.Sprintf("the secret presented for service principal %s is not usable", appID), Err: errors.New("empty secret")}
 	}
 	// A fresh client per attempt: MSAL's token cache must not answer for a
 	// secret it has not checked with Entra (the positive cache above does
@@ -164,28 +239,9 @@ func (a *Authorizer) servicePrincipalSignIn(ctx context.Context, p *provider, lo
 		confidential.WithInstanceDiscovery(p.instanceDiscovery),
 	)
 	if err != nil {
-		return Identity{}, &Refusal{Reason: ReasonUnavailable, Message: fmt.Sprintf("service principal %s could not be checked", login), Err: fmt.Errorf("confidential client: %w", err)}
+		return confidential.AuthResult{}, &Refusal{Reason: ReasonUnavailable, Message: fmt.Sprintf("service principal %s could not be checked", appID), Err: fmt.Errorf("confidential client: %w", err)}
 	}
-	res, err := cca.AcquireTokenByCredential(ctx, []string{p.graphEndpoint + "/.default"})
-	if err != nil {
-		return Identity{}, entraRefusal(err, ReasonBadCredentials, fmt.Sprintf("the secret for service principal %s was not accepted", login))
-	}
-	id, err := servicePrincipalFromToken(p, res.AccessToken, appID)
-	if err != nil {
-		return Identity{}, &Refusal{Reason: ReasonUnavailable, Message: fmt.Sprintf("Microsoft Entra ID did not say which service principal %s is", login), Err: err}
-	}
-	if name != "" && id.DisplayName == "" {
-		id.DisplayName = name
-	}
-	if !p.tenantAllowed(id.TenantID) {
-		return Identity{}, &Refusal{
-			Reason:  ReasonNotAllowed,
-			Message: fmt.Sprintf("service principal %s belongs to a tenant that is not allowed", login),
-			Err:     fmt.Errorf("tenant %q not in allowed_tenants of provider %q", id.TenantID, p.name),
-		}
-	}
-	a.spCache.put(ck, spEntry{identity: id}, now)
-	return id, nil
+	return cca.AcquireTokenByCredential(ctx, []string{scope})
 }
 
 // servicePrincipalFromToken reads the principal's object id, tenant and

@@ -43,11 +43,12 @@ type SessionStore interface {
 	DeleteExpiredSignIns(ctx context.Context, now time.Time) (int, error)
 }
 
-// MemorySessionStore is a SessionStore in process memory; sign-ins do not
-// survive a restart.
+// MemorySessionStore is a SessionStore (and an AccessKeyStore) in
+// process memory; sign-ins and keys do not survive a restart.
 type MemorySessionStore struct {
 	mu   sync.Mutex
 	recs map[KeyHash]SignInRecord
+	ak   memoryAccessKeys
 }
 
 // NewMemorySessionStore returns an empty store.

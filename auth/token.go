@@ -26,6 +26,11 @@ const (
 	// an unknown kid, so that tokens with made-up kids cannot make
 	// portcullis hammer the keys endpoint.
 	jwksRefetchInterval = 30 * time.Second
+	// jwksRetryAfterFailure replaces jwksRefetchInterval after a fetch
+	// that failed: the kid is likely genuine (Entra rotated its keys
+	// while unreachable), and every token signed with it waits on the
+	// next fetch.
+	jwksRetryAfterFailure = 5 * time.Second
 	// jwksMaxAge is when cached keys are refreshed even without an unknown
 	// kid, so a key Entra withdrew stops being trusted.
 	jwksMaxAge = 24 * time.Hour
@@ -51,6 +56,7 @@ type tokenKeys struct {
 	keys        map[string]*rsa.PublicKey
 	fetchedAt   time.Time // last successful JWKS fetch
 	lastRefetch time.Time // last fetch caused by an unknown kid
+	refetchErr  error     // why that fetch failed; nil if it did not
 }
 
 func newTokenKeys(p *provider) *tokenKeys { return &tokenKeys{p: p} }
@@ -189,7 +195,8 @@ func (k *tokenKeys) fetchJWKS(ctx context.Context, u string) (map[string]*rsa.Pu
 var errUnknownKey = errors.New("token signed with an unknown key")
 
 // key returns the public key for kid, fetching JWKS again when kid is
-// unknown (at most once per jwksRefetchInterval) or the keys are old.
+// unknown (at most once per jwksRefetchInterval, or jwksRetryAfterFailure
+// after a fetch that failed) or the keys are old.
 func (k *tokenKeys) key(ctx context.Context, kid string, now time.Time) (*rsa.PublicKey, error) {
 	k.mu.Lock()
 	uri := k.jwksURI
@@ -210,7 +217,12 @@ func (k *tokenKeys) key(ctx context.Context, kid string, now time.Time) (*rsa.Pu
 	k.mu.Lock()
 	pub, known = k.keys[kid]
 	stale = now.Sub(k.fetchedAt) > jwksMaxAge
-	limited := !k.lastRefetch.IsZero() && now.Sub(k.lastRefetch) < jwksRefetchInterval
+	wait := jwksRefetchInterval
+	if k.refetchErr != nil {
+		wait = jwksRetryAfterFailure
+	}
+	limited := !k.lastRefetch.IsZero() && now.Sub(k.lastRefetch) < wait
+	lastErr := k.refetchErr
 	if !known && !limited {
 		k.lastRefetch = now
 	}
@@ -218,10 +230,19 @@ func (k *tokenKeys) key(ctx context.Context, kid string, now time.Time) (*rsa.Pu
 	switch {
 	case known && !stale:
 		return pub, nil
+	case !known && limited && lastErr != nil:
+		// The keys could not be fetched a moment ago: calling the token
+		// bad would blame the client for Entra being unreachable.
+		return nil, lastErr
 	case !known && limited:
 		return nil, errUnknownKey
 	}
 	keys, err := k.fetchJWKS(ctx, uri)
+	if !known || err == nil {
+		k.mu.Lock()
+		k.refetchErr = err
+		k.mu.Unlock()
+	}
 	if err != nil {
 		if known {
 			// Stale but still published when last seen: keep trusting the
@@ -244,11 +265,18 @@ func (k *tokenKeys) key(ctx context.Context, kid string, now time.Time) (*rsa.Pu
 // returns the identity it proves. It does not compare the identity with
 // the login name.
 func (a *Authorizer) validateToken(ctx context.Context, p *provider, raw, login string) (Identity, error) {
+	id, _, err := a.checkToken(ctx, p, raw, login)
+	return id, err
+}
+
+// checkToken is validateToken that also returns the token's audiences,
+// which say whether it can be passed on to Azure Database.
+func (a *Authorizer) checkToken(ctx context.Context, p *provider, raw, login string) (Identity, []string, error) {
 	bad := func(msg string, err error) error {
 		return &Refusal{Reason: ReasonBadCredentials, Message: fmt.Sprintf("the access token presented for %s %s", login, msg), Err: err}
 	}
 	if !looksLikeJWT(raw) {
-		return Identity{}, bad("is not a well-formed token", errors.New("not three base64url parts within the size limit"))
+		return Identity{}, nil, bad("is not a well-formed token", errors.New("not three base64url parts within the size limit"))
 	}
 	now := a.now()
 	parser := jwt.NewParser(
@@ -276,34 +304,34 @@ func (a *Authorizer) validateToken(ctx context.Context, p *provider, raw, login 
 	switch {
 	case err == nil:
 	case keyErr != nil && IsUnavailable(keyErr):
-		return Identity{}, &Refusal{
+		return Identity{}, nil, &Refusal{
 			Reason:  ReasonUnavailable,
 			Message: fmt.Sprintf("the signing keys of Microsoft Entra ID could not be fetched to check the token of %s; try again later", login),
 			Err:     keyErr,
 		}
 	case errors.Is(err, jwt.ErrTokenExpired):
-		return Identity{}, bad("has expired", err)
+		return Identity{}, nil, bad("has expired", err)
 	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
-		return Identity{}, bad("is not valid yet", err)
+		return Identity{}, nil, bad("is not valid yet", err)
 	case errors.Is(err, errUnknownKey):
-		return Identity{}, bad("is not signed by a key of Microsoft Entra ID", err)
+		return Identity{}, nil, bad("is not signed by a key of Microsoft Entra ID", err)
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		return Identity{}, bad("has an invalid signature", err)
+		return Identity{}, nil, bad("has an invalid signature", err)
 	default:
-		return Identity{}, bad("is not valid", err)
+		return Identity{}, nil, bad("is not valid", err)
 	}
 
 	tid, _ := claims["tid"].(string)
 	if !p.tenantAllowed(tid) {
-		return Identity{}, bad("comes from a tenant that is not allowed", fmt.Errorf("tenant %q not in allowed_tenants of provider %q", tid, p.name))
+		return Identity{}, nil, bad("comes from a tenant that is not allowed", fmt.Errorf("tenant %q not in allowed_tenants of provider %q", tid, p.name))
 	}
 	iss, _ := claims["iss"].(string)
 	if !p.tokens.issuerAllowed(iss, tid) {
-		return Identity{}, bad("has an unexpected issuer", fmt.Errorf("issuer %q is not the v1 or v2 issuer of tenant %s", iss, tid))
+		return Identity{}, nil, bad("has an unexpected issuer", fmt.Errorf("issuer %q is not the v1 or v2 issuer of tenant %s", iss, tid))
 	}
 	auds, err := claims.GetAudience()
 	if err != nil {
-		return Identity{}, bad("has no valid audience", err)
+		return Identity{}, nil, bad("has no valid audience", err)
 	}
 	audOK := false
 	for _, aud := range auds {
@@ -313,11 +341,11 @@ func (a *Authorizer) validateToken(ctx context.Context, p *provider, raw, login 
 		}
 	}
 	if !audOK {
-		return Identity{}, bad("was issued for another application", fmt.Errorf("audience %q is not among the accepted audiences of provider %q", auds, p.name))
+		return Identity{}, nil, bad("was issued for another application", fmt.Errorf("audience %q is not among the accepted audiences of provider %q", auds, p.name))
 	}
 	oid, _ := claims["oid"].(string)
 	if oid == "" {
-		return Identity{}, bad("names no object id", errors.New("no oid claim"))
+		return Identity{}, nil, bad("names no object id", errors.New("no oid claim"))
 	}
 	id := Identity{Provider: p.name, TenantID: tid, ObjectID: oid}
 	appID := stringClaim(claims, "azp", "appid")
@@ -326,15 +354,15 @@ func (a *Authorizer) validateToken(ctx context.Context, p *provider, raw, login 
 		id.UPN = upn
 		id.AppID = appID
 		id.DisplayName, _ = claims["name"].(string)
-		return id, nil
+		return id, auds, nil
 	}
 	if appID == "" {
-		return Identity{}, bad("names neither a user nor an application", errors.New("no upn, preferred_username, azp or appid claim"))
+		return Identity{}, nil, bad("names neither a user nor an application", errors.New("no upn, preferred_username, azp or appid claim"))
 	}
 	id.Kind = KindServicePrincipal
 	id.AppID = appID
 	id.DisplayName, _ = claims["app_displayname"].(string)
-	return id, nil
+	return id, auds, nil
 }
 
 // stringClaim returns the first non-empty string among the named claims.

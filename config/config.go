@@ -20,6 +20,10 @@ type Config struct {
 	Sessions Sessions `yaml:"sessions"`
 	// MFA governs TOTP codes for resources that require them.
 	MFA MFA `yaml:"mfa"`
+	// ServicePrincipals governs programs that sign in with a client secret.
+	ServicePrincipals ServicePrincipals `yaml:"service_principals"`
+	// Authz governs the re-checking of open sessions.
+	Authz Authz `yaml:"authz"`
 	// Admin is the operator surface: admin groups and the HTTP address.
 	Admin Admin `yaml:"admin"`
 	// Proxy holds connection-handling limits.
@@ -99,7 +103,8 @@ type Resource struct {
 	AllowGroups []string `yaml:"allow_groups"`
 	// RequireTOTP demands a TOTP code at every connection.
 	RequireTOTP bool `yaml:"require_totp"`
-	// Prompt is "auto" (default: by application_name), "notice" or "error".
+	// Prompt is "auto" (default: by application_name, or by the startup
+	// parameters of drivers that hide notices), "notice" or "error".
 	Prompt string `yaml:"prompt"`
 	// TLS is how portcullis connects to the backend.
 	TLS BackendTLS `yaml:"tls"`
@@ -216,6 +221,27 @@ type MFA struct {
 	// FailureWindow is how long wrong codes count, and how long a lockout
 	// lasts; default 15m.
 	FailureWindow time.Duration `yaml:"failure_window"`
+}
+
+// ServicePrincipals governs programs that sign in as a service
+// principal (an application id and a client secret).
+type ServicePrincipals struct {
+	// CacheTTL is how long a secret Entra ID accepted is remembered (as a
+	// salted hash), so that a pool of connections costs one token request;
+	// default 5m.
+	CacheTTL time.Duration `yaml:"cache_ttl"`
+}
+
+// Authz governs continuous authorization: open sessions are checked
+// against the directory again while they run.
+type Authz struct {
+	// Recheck is how often every open session's identity is checked again
+	// (groups, account enabled, access key not revoked); default 5m.
+	Recheck time.Duration `yaml:"recheck"`
+	// RecheckFailures is how many rechecks in a row may fail to reach
+	// Entra ID or Microsoft Graph before a session is ended anyway;
+	// default 3.
+	RecheckFailures int `yaml:"recheck_failures"`
 }
 
 // Admin is the operator surface.

@@ -23,6 +23,10 @@ const (
 	DefaultHandshakeTimeout = 30 * time.Second
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultMaxStartupBytes  = 10000
+
+	DefaultServicePrincipalCacheTTL = 5 * time.Minute
+	DefaultRecheck                  = 5 * time.Minute
+	DefaultRecheckFailures          = 3
 )
 
 // Values of the enumerated keys.
@@ -161,6 +165,16 @@ func (c *Config) ApplyDefaults() {
 	}
 	if c.MFA.FailureWindow == 0 {
 		c.MFA.FailureWindow = DefaultFailureWindow
+	}
+
+	if c.ServicePrincipals.CacheTTL == 0 {
+		c.ServicePrincipals.CacheTTL = DefaultServicePrincipalCacheTTL
+	}
+	if c.Authz.Recheck == 0 {
+		c.Authz.Recheck = DefaultRecheck
+	}
+	if c.Authz.RecheckFailures == 0 {
+		c.Authz.RecheckFailures = DefaultRecheckFailures
 	}
 
 	if c.Proxy.HandshakeTimeout == 0 {

@@ -119,6 +119,11 @@ type decoder struct {
 // resources) and small enough to decode in well under a second.
 const maxDecodeVisits = 1 << 20
 
+// maxDecodeProblems stops the walk once this many problems are found: an
+// alias repeated a million times repeats its mistake as often, and a
+// report of a million lines helps nobody (and takes seconds to build).
+const maxDecodeProblems = 100
+
 // visit counts one step of the walk and reports whether to go on.
 func (d *decoder) visit(n *yaml.Node, path string) bool {
 	if d.tooLarge {
@@ -128,6 +133,11 @@ func (d *decoder) visit(n *yaml.Node, path string) bool {
 	if d.visits > maxDecodeVisits {
 		d.tooLarge = true
 		d.ps.decodeFailed(d.src(n), path, "expands to more than %d values (aliases repeated too often?)", maxDecodeVisits)
+		return false
+	}
+	if len(d.ps.list) >= maxDecodeProblems {
+		d.tooLarge = true
+		d.ps.decodeFailed(d.src(n), path, "decoding stopped after %d problems; fix these first", len(d.ps.list))
 		return false
 	}
 	return true

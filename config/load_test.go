@@ -102,6 +102,9 @@ func TestDefaults(t *testing.T) {
 		{"sessions address_grace", *cfg.Sessions.AddressGrace, 10 * time.Minute},
 		{"mfa max_failures", cfg.MFA.MaxFailures, 5},
 		{"mfa failure_window", cfg.MFA.FailureWindow, 15 * time.Minute},
+		{"service_principals cache_ttl", cfg.ServicePrincipals.CacheTTL, 5 * time.Minute},
+		{"authz recheck", cfg.Authz.Recheck, 5 * time.Minute},
+		{"authz recheck_failures", cfg.Authz.RecheckFailures, 3},
 		{"handshake_timeout", cfg.Proxy.HandshakeTimeout, 30 * time.Second},
 		{"drain_timeout", cfg.Proxy.DrainTimeout, 30 * time.Second},
 		{"max_startup_bytes", cfg.Proxy.MaxStartupBytes, 10000},
@@ -268,6 +271,11 @@ func TestValidation(t *testing.T) {
 
 		{"negative max_failures", tail("mfa:\n  max_failures: -1 #<\n"), nil, "mfa.max_failures: must be at least 1, got -1"},
 		{"negative failure_window", tail("mfa:\n  failure_window: -1m #<\n"), nil, "mfa.failure_window: must not be negative"},
+
+		{"negative service principal cache_ttl", tail("service_principals:\n  cache_ttl: -1m #<\n"), nil, "service_principals.cache_ttl: must not be negative"},
+		{"negative recheck", tail("authz:\n  recheck: -5m #<\n"), nil, "authz.recheck: must not be negative"},
+		{"recheck too often", tail("authz:\n  recheck: 10ms #<\n"), nil, "authz.recheck: must be at least 1s, got 10ms"},
+		{"negative recheck_failures", tail("authz:\n  recheck_failures: -2 #<\n"), nil, "authz.recheck_failures: must be at least 1, got -2"},
 
 		{"negative ttl", tail("sessions:\n  ttl: -1h #<\n"), nil, "sessions.ttl: must not be negative"},
 		{"negative address_grace", tail("sessions:\n  address_grace: -1m #<\n"), nil, "sessions.address_grace: must not be negative"},

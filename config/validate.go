@@ -66,6 +66,7 @@ func (c *Config) validate(ps *problems) {
 	c.validateStore(ps)
 	c.validateSessions(ps)
 	c.validateMFA(ps)
+	c.validateAuthz(ps)
 
 	if c.Admin.Address != "" {
 		checkAddress(ps, "admin.address", c.Admin.Address, false)
@@ -329,6 +330,19 @@ func (c *Config) validateMFA(ps *problems) {
 		ps.add("mfa.max_failures", "must be at least 1, got %d", c.MFA.MaxFailures)
 	}
 	nonNegative(ps, "mfa.failure_window", c.MFA.FailureWindow)
+}
+
+func (c *Config) validateAuthz(ps *problems) {
+	nonNegative(ps, "service_principals.cache_ttl", c.ServicePrincipals.CacheTTL)
+	if r := c.Authz.Recheck; r < 0 {
+		ps.add("authz.recheck", "must not be negative, got %s", r)
+	} else if r > 0 && r < time.Second {
+		// Every recheck asks Graph about every open session's identity.
+		ps.add("authz.recheck", "must be at least 1s, got %s", r)
+	}
+	if n := c.Authz.RecheckFailures; n < 0 {
+		ps.add("authz.recheck_failures", "must be at least 1, got %d", n)
+	}
 }
 
 func (c *Config) validateSessions(ps *problems) {

@@ -146,7 +146,10 @@ func (c *Conn) BackendFailed(err error) {
 // Decide asks the Authorizer for a decision on req and audits the answer.
 // It wraps req.Prompt so that issuing a device code is logged (without
 // the code). The error is the Authorizer's, unchanged: a *auth.Refusal, a
-// *auth.SignInPending, or a failure.
+// *auth.SignInPending, a *auth.TOTPRequired, or a failure. A TOTP
+// outcome is audited as mfa.totp.enrollment_required,
+// mfa.totp.code_required, mfa.totp.failed or mfa.totp.locked, never with
+// the enrolment or the session key it carries.
 func (c *Conn) Decide(ctx context.Context, req auth.Request) (*auth.Decision, error) {
 	c.mu.Lock()
 	c.login, c.resource = req.LoginName, req.Resource
@@ -164,8 +167,12 @@ func (c *Conn) Decide(ctx context.Context, req auth.Request) (*auth.Decision, er
 	dec, err := c.srv.authz.Decide(ctx, req)
 	c.countDecision(ctx, req, dec, err, shown)
 
-	var pending *auth.SignInPending
-	var refusal *auth.Refusal
+	var (
+		pending *auth.SignInPending
+		need    *auth.TOTPRequired
+		refusal *auth.Refusal
+		failure *auth.TOTPFailure
+	)
 	switch {
 	case err == nil:
 		c.mu.Lock()
@@ -175,11 +182,32 @@ func (c *Conn) Decide(ctx context.Context, req auth.Request) (*auth.Decision, er
 		log.Info("authenticated", logging.Event("auth.succeeded"), zap.Strings("groups", groupNames(dec.Matched)), zap.Bool("new_session_key", dec.SessionKey != ""))
 	case errors.As(err, &pending):
 		log.Info("device code issued", logging.Event("auth.device_code.issued"), zap.String("mode", string(auth.PromptError)), zap.Time("expires_at", pending.Prompt.ExpiresAt))
+	case errors.As(err, &need):
+		// Only the facts: the enrolment, the session key and the
+		// message's instructions are for the person's screen.
+		event := "mfa.totp.code_required"
+		if need.Enrollment != nil {
+			event = "mfa.totp.enrollment_required"
+		}
+		log.Info("TOTP code required", logging.Event(event), zap.String("oid", need.Identity.ObjectID), zap.String("identity", need.Identity.Name()), zap.Bool("new_session_key", need.SessionKey != ""))
 	case ctx.Err() != nil:
 		// The wait ended on our side (client gone, handshake bound,
 		// shutdown): whatever the Authorizer made of that, it was not a
 		// verdict on who is connecting.
 		log.Info("authentication abandoned", logging.Event("auth.failed"), zap.String("reason", "canceled"), zap.NamedError("cause", context.Cause(ctx)))
+	case errors.As(err, &refusal) && errors.As(refusal.Err, &failure):
+		event := "mfa.totp.failed"
+		if failure.LockedNow || failure.Kind == auth.TOTPLocked {
+			event = "mfa.totp.locked"
+		}
+		fields := []zap.Field{logging.Event(event), zap.String("reason", string(refusal.Reason)), zap.String("kind", string(failure.Kind))}
+		if failure.Kind == auth.TOTPWrongCode {
+			fields = append(fields, zap.Int("failures", failure.Failures), zap.Int("max_failures", failure.MaxFailures))
+		}
+		if !failure.LockedUntil.IsZero() {
+			fields = append(fields, zap.Time("locked_until", failure.LockedUntil))
+		}
+		log.Info("TOTP code refused", fields...)
 	case errors.As(err, &refusal) && refusal.Reason == auth.ReasonNotAllowed:
 		log.Info("not authorized", logging.Event("authz.denied"), zap.String("reason", string(refusal.Reason)), zap.Error(refusal.Err))
 	case errors.As(err, &refusal):

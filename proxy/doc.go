@@ -13,9 +13,11 @@
 // the client, Conn.Splice. Conn is the protocol's only way to the rest of
 // portcullis, so every connection is audited the same way whatever its
 // protocol: auth.device_code.issued, auth.succeeded, auth.failed,
-// authz.denied, session.started and session.ended come from here, with
-// session_id, user, oid, resource, client_addr, method and reason. No
-// password, token, session key or device code is ever logged.
+// authz.denied, mfa.totp.enrollment_required, mfa.totp.code_required,
+// mfa.totp.failed, mfa.totp.locked, session.started and session.ended
+// come from here, with session_id, user, oid, resource, client_addr,
+// method and reason. No password, token, session key, device code, TOTP
+// code or TOTP secret is ever logged.
 //
 // # Deadlines
 //
@@ -47,6 +49,17 @@
 // the client, writes Relay.Goodbye (for PostgreSQL, FATAL 57P01), asks the
 // backend to cancel whatever it is running, and says Relay.Terminate to
 // it. A protocol without framers is simply closed.
+//
+// # Continuous authorization
+//
+// RecheckSessions asks a Rechecker (the Authorizer) every authz.recheck
+// whether the identity of each open session may keep its resource, once
+// per identity, resource and credential. A session it refuses is ended the
+// same way, with a *RevokedError (ErrRevoked) as the cause: the client
+// hears "access revoked: <why>" (PostgreSQL FATAL 28000, MySQL ERR 1045),
+// session.revoked is logged and Metrics.SessionRevoked counts the reason.
+// A recheck that gets no answer (the directory unreachable) is tolerated
+// for authz.recheck_failures rounds in a row before the session ends.
 //
 // # Operating it
 //

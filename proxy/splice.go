@@ -9,7 +9,9 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 
@@ -47,7 +49,7 @@ type Relay struct {
 	ToClient  Framer
 	// Goodbye writes to the client, between two messages, the protocol's
 	// error saying why portcullis is ending the session (cause is
-	// ErrShuttingDown or ErrTerminated).
+	// ErrShuttingDown, ErrTerminated or a *RevokedError).
 	Goodbye func(w io.Writer, cause error) error
 	// Terminate writes the protocol's polite goodbye to the backend,
 	// between two messages. May be nil.
@@ -80,6 +82,18 @@ var relayBuffers = sync.Pool{New: func() any {
 // ended, either fails, or portcullis ends the session. It logs
 // session.started and session.ended; the error is for the log.
 func (c *Conn) Splice(r Relay) error {
+	start := c.sessionStarted()
+	reason, err := c.relay(r)
+	c.sessionEnded(start, reason, err)
+	return err
+}
+
+// sessionStarted and sessionEnded are kept out of Splice (and out of
+// line) because Splice's frame stays on the session's stack for the whole
+// session: a small frame lets the runtime shrink an idle session's stack.
+//
+//go:noinline
+func (c *Conn) sessionStarted() time.Time {
 	c.dl.lift()
 	c.mu.Lock()
 	c.spliced = time.Now()
@@ -88,11 +102,12 @@ func (c *Conn) Splice(r Relay) error {
 		backendUser = c.decision.Backend.User
 	}
 	c.mu.Unlock()
+	c.logger().Info("session started", logging.Event("session.started"), zap.String("backend_user", backendUser))
+	return time.Now()
+}
 
-	log := c.logger()
-	log.Info("session started", logging.Event("session.started"), zap.String("backend_user", backendUser))
-	start := time.Now()
-	reason, err := c.relay(r)
+//go:noinline
+func (c *Conn) sessionEnded(start time.Time, reason string, err error) {
 	fields := []zap.Field{
 		logging.Event("session.ended"),
 		zap.String("reason", reason),
@@ -103,8 +118,7 @@ func (c *Conn) Splice(r Relay) error {
 	if err != nil {
 		fields = append(fields, zap.Error(err))
 	}
-	log.Info("session ended", fields...)
-	return err
+	c.logger().Info("session ended", fields...)
 }
 
 type outcome int
@@ -136,32 +150,57 @@ func (c *Conn) relay(r Relay) (reason string, err error) {
 	})
 	defer stop()
 
-	up := &direction{name: "client -> backend", src: r.Client, dst: r.Backend, pending: r.ClientPending, framer: r.ToBackend, count: &c.toBackend}
-	down := &direction{name: "backend -> client", src: r.Backend, dst: r.Client, pending: r.BackendPending, framer: r.ToClient, count: &c.toClient}
-	results := make(chan relayResult, 2)
-	for _, d := range []*direction{up, down} {
-		go func() {
-			out, err := d.run(&ending)
-			results <- relayResult{dir: d, out: out, err: err}
-		}()
-	}
+	// Directions are ranked by when they saw their end: a direction that
+	// half-closes the other side ranks itself first, so that the answer
+	// it provokes cannot overtake it.
+	var rank atomic.Int32
+	up := &direction{name: "client -> backend", src: r.Client, dst: r.Backend, pending: r.ClientPending, framer: r.ToBackend, count: &c.toBackend, rank: &rank}
+	down := &direction{name: "backend -> client", src: r.Backend, dst: r.Client, pending: r.BackendPending, framer: r.ToClient, count: &c.toClient, rank: &rank}
 
-	first := <-results
-	if first.out == outFailed {
-		// One side is broken; nothing more can usefully flow the other
-		// way, so wake the other direction by closing both.
-		r.Client.Close()
-		r.Backend.Close()
+	// If the first direction to end failed, one side is broken and nothing
+	// more can usefully flow the other way: it wakes the other direction
+	// by closing both.
+	finish := func(d *direction, out outcome, err error) relayResult {
+		if d.ranked == 1 && out == outFailed {
+			r.Client.Close()
+			r.Backend.Close()
+		}
+		return relayResult{dir: d, out: out, err: err}
 	}
-	second := <-results
+	downDone := make(chan relayResult, 1)
+	go func() {
+		out, err := down.run(&ending)
+		downDone <- finish(down, out, err)
+	}()
+	// The client's direction runs on the caller's goroutine: an idle
+	// session costs one goroutine fewer.
+	out, err := up.run(&ending)
+	first, second := finish(up, out, err), <-downDone
+	if second.dir.ranked == 1 {
+		first, second = second, first
+	}
 
 	if ending.Load() {
 		<-endingSet
-		cause := context.Cause(c.ctx)
-		outs := map[*direction]outcome{first.dir: first.out, second.dir: second.out}
-		c.farewell(r, outs[up] == outStopped, outs[down] == outStopped, cause)
-		return endReason(cause), nil
+		return c.stopped(r, first, second, up, down)
 	}
+	return ended(first, second, up)
+}
+
+// stopped ends a session portcullis stopped, once both directions have.
+//
+//go:noinline
+func (c *Conn) stopped(r Relay, first, second relayResult, up, down *direction) (string, error) {
+	cause := context.Cause(c.ctx)
+	stoppedCleanly := func(d *direction) bool {
+		return (first.dir == d && first.out == outStopped) || (second.dir == d && second.out == outStopped)
+	}
+	c.farewell(r, stoppedCleanly(up), stoppedCleanly(down), cause)
+	return endReason(cause), nil
+}
+
+// ended says why a session both of whose ends are done ended.
+func ended(first, second relayResult, up *direction) (string, error) {
 	switch {
 	case first.err != nil:
 		return endError, first.err
@@ -182,6 +221,8 @@ func endReason(cause error) string {
 		return endShutdown
 	case errors.Is(cause, ErrTerminated):
 		return endTerminated
+	case errors.Is(cause, ErrRevoked):
+		return endRevoked
 	}
 	return endError
 }
@@ -258,7 +299,13 @@ type direction struct {
 	pending []byte
 	framer  Framer
 	count   *atomic.Int64
+	rank    *atomic.Int32 // shared by both directions
+	ranked  int32         // 1 if this direction ended first
+	sink    chunkSink
 }
+
+// end ranks the direction as it sees its end.
+func (d *direction) end() { d.ranked = d.rank.Add(1) }
 
 // closeWriter is a connection whose write side can be shut alone (TCP,
 // TLS), so the peer sees end of stream while its answer can still flow.
@@ -267,21 +314,28 @@ type closeWriter interface{ CloseWrite() error }
 func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 	if len(d.pending) > 0 {
 		if err := d.write(d.pending); err != nil {
+			d.end()
 			return outFailed, err
 		}
+		d.pending = nil
 	}
-	bufp := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(bufp)
-	buf := *bufp
+	src := newChunkSource(d.src)
+	defer src.close()
 	for {
-		n, err := d.src.Read(buf)
-		if n > 0 {
-			if werr := d.write(buf[:n]); werr != nil {
+		p, err := src.next()
+		if len(p) > 0 {
+			werr := d.write(p)
+			src.passed()
+			if werr != nil {
+				d.end()
 				return outFailed, werr
 			}
 		}
+		if err == nil {
+			continue
+		}
+		d.end()
 		switch {
-		case err == nil:
 		case errors.Is(err, io.EOF):
 			if cw, ok := d.dst.(closeWriter); ok {
 				if err := cw.CloseWrite(); err != nil {
@@ -298,7 +352,10 @@ func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 }
 
 func (d *direction) write(p []byte) error {
-	if _, err := d.dst.Write(p); err != nil {
+	if d.sink == nil {
+		d.sink = newChunkSink(d.dst)
+	}
+	if err := d.sink.write(p); err != nil {
 		return fmt.Errorf("%s: write: %w", d.name, err)
 	}
 	d.count.Add(int64(len(p)))
@@ -306,4 +363,203 @@ func (d *direction) write(p []byte) error {
 		d.framer.Relayed(p)
 	}
 	return nil
+}
+
+// chunkSource reads a direction chunk by chunk into a relay buffer that
+// is only lent while a chunk is in flight, where the connection allows
+// it, so that an idle session holds no buffer.
+type chunkSource interface {
+	// next waits for and reads the next chunk. The chunk is valid until
+	// passed.
+	next() ([]byte, error)
+	// passed says the chunk has been passed on: its buffer may go back.
+	passed()
+	// close gives back any buffer still held.
+	close()
+}
+
+func newChunkSource(c net.Conn) chunkSource {
+	if rc := plainSocket(c); rc != nil {
+		s := &rawSource{rc: rc}
+		s.readFn = s.read
+		return s
+	}
+	return &heldSource{conn: c}
+}
+
+// plainSocket is c's descriptor if c is a bare socket. Only those are
+// read and written through their descriptors: a wrapper (TLS, or
+// anything else embedding a *net.TCPConn) may hold bytes of its own.
+func plainSocket(c net.Conn) syscall.RawConn {
+	switch c := c.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		if rc, err := c.(syscall.Conn).SyscallConn(); err == nil {
+			return rc
+		}
+	}
+	return nil
+}
+
+// rawIO reads or writes p on a non-blocking descriptor without telling
+// the scheduler it is in a system call. Such a call never waits, so the
+// scheduler loses nothing, and it saves what entering a system call costs
+// a relay that has just woken from idle: waking the runtime's monitor
+// thread, a futex call and a context switch on every message.
+func rawIO(trap, fd uintptr, p []byte) (int, syscall.Errno) {
+	if len(p) == 0 {
+		return 0, 0
+	}
+	n, _, errno := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	return int(n), errno
+}
+
+// chunkSink writes a direction's chunks.
+type chunkSink interface {
+	write(p []byte) error
+}
+
+func newChunkSink(c net.Conn) chunkSink {
+	if rc := plainSocket(c); rc != nil {
+		s := &rawSink{rc: rc}
+		s.writeFn = s.writeSome
+		return s
+	}
+	return connSink{c}
+}
+
+// connSink writes through the connection's own Write.
+type connSink struct{ conn net.Conn }
+
+func (s connSink) write(p []byte) error {
+	_, err := s.conn.Write(p)
+	return err
+}
+
+// rawSink writes to a plain socket's descriptor, waiting for room
+// through the runtime's poller (and so honouring write deadlines) when
+// the socket's buffer is full.
+type rawSink struct {
+	rc      syscall.RawConn
+	writeFn func(fd uintptr) bool // s.writeSome, made once
+	p       []byte                // what is left to write
+	err     error
+}
+
+// writeSome is called by RawConn.Write: true when p is written or the
+// write failed, false to wait until the socket is writable.
+func (s *rawSink) writeSome(fd uintptr) bool {
+	for len(s.p) > 0 {
+		n, errno := rawIO(syscall.SYS_WRITE, fd, s.p)
+		switch errno {
+		case 0:
+			s.p = s.p[n:]
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			s.err = errno
+			return true
+		}
+	}
+	return true
+}
+
+func (s *rawSink) write(p []byte) error {
+	s.p, s.err = p, nil
+	err := s.rc.Write(s.writeFn)
+	s.p = nil
+	if err != nil {
+		return err // deadline, or closed
+	}
+	if s.err != nil {
+		return os.NewSyscallError("write", s.err)
+	}
+	return nil
+}
+
+// heldSource reads through the connection's own Read, which blocks with
+// the buffer passed to it: the buffer is held for the whole session.
+type heldSource struct {
+	conn net.Conn
+	buf  *[]byte
+}
+
+func (s *heldSource) next() ([]byte, error) {
+	if s.buf == nil {
+		s.buf = relayBuffers.Get().(*[]byte)
+	}
+	n, err := s.conn.Read(*s.buf)
+	return (*s.buf)[:n], err
+}
+
+// passed keeps the buffer: the next Read needs one at once.
+func (s *heldSource) passed() {}
+
+func (s *heldSource) close() {
+	if s.buf != nil {
+		relayBuffers.Put(s.buf)
+		s.buf = nil
+	}
+}
+
+// rawSource waits for the socket to be readable without a buffer, then
+// borrows one for as long as there is something to read: the runtime's
+// poller calls read again when the descriptor becomes readable, and the
+// buffer goes back only when a read finds nothing.
+type rawSource struct {
+	rc     syscall.RawConn
+	readFn func(fd uintptr) bool // s.read, made once: a method value allocates
+	buf    *[]byte
+	n      int
+	err    error
+}
+
+// read is called by RawConn.Read: true when it has an outcome, false to
+// wait until the socket is readable and be called again.
+func (s *rawSource) read(fd uintptr) bool {
+	if s.buf == nil {
+		s.buf = relayBuffers.Get().(*[]byte)
+	}
+	buf := *s.buf
+	for {
+		n, errno := rawIO(syscall.SYS_READ, fd, buf)
+		switch errno {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			// Nothing to read: wait without holding the buffer.
+			relayBuffers.Put(s.buf)
+			s.buf = nil
+			return false
+		case 0:
+			s.n, s.err = n, nil
+		default:
+			s.n, s.err = 0, errno
+		}
+		return true
+	}
+}
+
+func (s *rawSource) next() ([]byte, error) {
+	if err := s.rc.Read(s.readFn); err != nil {
+		return nil, err // deadline, or closed
+	}
+	switch {
+	case s.err != nil:
+		return nil, os.NewSyscallError("read", s.err)
+	case s.n == 0:
+		return nil, io.EOF
+	}
+	return (*s.buf)[:s.n], nil
+}
+
+// passed keeps the buffer: the next read is likely to find more (a large
+// result), and if it does not, the buffer goes back before the wait.
+func (s *rawSource) passed() {}
+
+func (s *rawSource) close() {
+	if s.buf != nil {
+		relayBuffers.Put(s.buf)
+		s.buf = nil
+	}
 }

@@ -59,6 +59,11 @@ Usage:
                                      forget a user's TOTP secret and lockout; they enrol again
   portcullis totp enroll USER --png FILE --config FILE
                                      write a user's TOTP enrolment QR code to a new PNG file
+  portcullis keys create --for ID --resource R --ttl 90d --config FILE
+                                     make an access key for a program (printed once)
+  portcullis keys list --config FILE list access keys
+  portcullis keys revoke KEYID --config FILE
+                                     revoke an access key; its sessions end at the next recheck
   portcullis store rotate-key --config FILE
                                      re-seal TOTP secrets under store.key (old key: store.previous_key)
   portcullis version                 print the version
@@ -113,6 +118,8 @@ func dispatch(ctx context.Context, args []string, e env, stdout, stderr io.Write
 		return cmdTOTP(ctx, args[1:], e, stdout, stderr)
 	case "store":
 		return cmdStore(ctx, args[1:], e, stdout, stderr)
+	case "keys":
+		return cmdKeys(ctx, args[1:], e, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "portcullis %s\n", version)
 		return nil

@@ -176,6 +176,10 @@ terminal:
 alice (Analysts) gets %s; bob (Finance) gets %s; carol is in no
 allowed group and is refused. After signing in you are shown a session
 key: use it as the password to reconnect without signing in again.
+
+A second factor: as bob, connect with dbname=demo_totp. psql shows a QR
+code for an authenticator app; then reconnect with <session key>:<code>
+as the password.
 `, caFile, approveFlags, devAnalystRole, devFinanceRole)
 		if keyMade {
 			fmt.Fprintf(stderr, "\nGenerated a key for sealing TOTP secrets in the state store: %s\n", storeKeyFile)
@@ -366,6 +370,19 @@ resources:
       - groups: [Analysts]
         user: {{.AnalystRole}}
         password_file: {{.StateDir}}/{{.AnalystRole}}.password
+
+  # The same database behind a second factor: a TOTP code at every
+  # connection, enrolled in psql on first use.
+  - name: demo_totp
+    protocol: postgres
+    address: {{.Backend}}
+    database: postgres
+    require_totp: true
+    allow_groups: [Finance]
+    credentials:
+      - groups: [Finance]
+        user: {{.FinanceRole}}
+        password_file: {{.StateDir}}/{{.FinanceRole}}.password
 
 {{- if .MySQLBackend}}
   - name: demo_mysql

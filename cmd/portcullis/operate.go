@@ -238,8 +238,8 @@ func (o *operations) watchReload(ctx context.Context) {
 }
 
 // reload re-reads the configuration file and puts its resources and
-// admin groups in force for new connections; open sessions carry on as
-// they are. An invalid file, or one the identity core cannot put in
+// admin groups in force for new connections; open sessions keep their
+// backend connections and meet the new policy at their next recheck. An invalid file, or one the identity core cannot put in
 // force (an unknown group, changed providers), is rejected with a
 // config.reload_failed event naming the problems, and the running
 // configuration stays. It returns a summary of what changed.
@@ -331,6 +331,8 @@ func restartRequired(old, cur *config.Config) []string {
 		{"store", old.Store, cur.Store},
 		{"sessions", old.Sessions, cur.Sessions},
 		{"mfa", old.MFA, cur.MFA},
+		{"service_principals", old.ServicePrincipals, cur.ServicePrincipals},
+		{"authz", old.Authz, cur.Authz},
 		{"admin.address", old.Admin.Address, cur.Admin.Address},
 		{"proxy", old.Proxy, cur.Proxy},
 		{"log", old.Log, cur.Log},

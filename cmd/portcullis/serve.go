@@ -90,7 +90,9 @@ func runProxy(ctx context.Context, cfg *config.Config, log *zap.Logger, clientTL
 		return err
 	}
 	defer st.Close()
-	authz, err := auth.New(cfg, ops.authDeps(auth.Deps{Logger: log, Sessions: st, TOTP: totp}))
+	// The access keys are given explicitly: authDeps wraps the sign-in
+	// store for metrics, which hides what else it can do.
+	authz, err := auth.New(cfg, ops.authDeps(auth.Deps{Logger: log, Sessions: st, TOTP: totp, AccessKeys: st}))
 	if err != nil {
 		return &configError{err}
 	}
@@ -120,6 +122,11 @@ func runProxy(ctx context.Context, cfg *config.Config, log *zap.Logger, clientTL
 	if err := ops.serve(authz, srv, pg); err != nil {
 		return err
 	}
+	// Continuous authorization: open sessions are checked again every
+	// authz.recheck until the listeners stop.
+	recheckCtx, stopRecheck := context.WithCancel(ctx)
+	defer stopRecheck()
+	go srv.RecheckSessions(recheckCtx, authz, proxy.RecheckOptions{Every: cfg.Authz.Recheck, MaxFailures: cfg.Authz.RecheckFailures})
 	ops.watchReload(ctx)
 	// Open every listener before serving any, so that a port in use is a
 	// start-up error rather than a half-served configuration.

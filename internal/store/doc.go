@@ -15,6 +15,10 @@
 //     (auth.PendingSignInStore), so that a reconnect reaching another
 //     replica is shown the same code and collects the outcome; they hold
 //     the code shown to the person, never the device code itself.
+//   - access_keys: the access keys admins make for programs
+//     (auth.AccessKeyStore), under the SHA-256 of the key with a public
+//     id, the identity and resource they are bound to, their expiry, last
+//     use and revocation; the key itself is never stored.
 //   - schema_migrations: the schema versions applied.
 //
 // A sealed secret is bound to its owner (provider and user name are the

@@ -128,6 +128,20 @@ var postgresMigrations = []migration{
 		)`,
 		`CREATE INDEX pending_sign_ins_expires_at ON pending_sign_ins (expires_at)`,
 	}},
+	{3, "access keys", []string{
+		`CREATE TABLE access_keys (
+			id           text PRIMARY KEY,
+			key_hash     bytea NOT NULL UNIQUE,
+			provider     text NOT NULL,
+			for_identity text NOT NULL,
+			kind         text NOT NULL,
+			resource     text NOT NULL,
+			created_at   timestamptz NOT NULL,
+			expires_at   timestamptz NOT NULL,
+			last_used_at timestamptz,
+			revoked_at   timestamptz
+		)`,
+	}},
 }
 
 // migrate applies the migrations this database lacks in one transaction

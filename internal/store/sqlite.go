@@ -163,6 +163,20 @@ var sqliteMigrations = []migration{
 		)`,
 		`CREATE INDEX pending_sign_ins_expires_at ON pending_sign_ins (expires_at)`,
 	}},
+	{3, "access keys", []string{
+		`CREATE TABLE access_keys (
+			id           TEXT PRIMARY KEY,
+			key_hash     BLOB NOT NULL UNIQUE,
+			provider     TEXT NOT NULL,
+			for_identity TEXT NOT NULL,
+			kind         TEXT NOT NULL,
+			resource     TEXT NOT NULL,
+			created_at   INTEGER NOT NULL,
+			expires_at   INTEGER NOT NULL,
+			last_used_at INTEGER,
+			revoked_at   INTEGER
+		)`,
+	}},
 }
 
 // migrate applies the migrations this database lacks, in one transaction

@@ -18,6 +18,8 @@ type Store interface {
 	auth.SessionStore
 	// Error-mode sign-ins in progress, shared by replicas.
 	auth.PendingSignInStore
+	// Access keys admins make for programs, by hash.
+	auth.AccessKeyStore
 	// TOTP secrets (sealed), last accepted steps and failure counts.
 	mfa.Store
 	// RotateKey re-seals every TOTP secret that is not sealed under the

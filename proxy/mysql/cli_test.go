@@ -34,10 +34,16 @@ func mariadbCLI(t *testing.T) string {
 // cli runs the mariadb command line against portcullis over verified TLS.
 func (h *harness) cli(ctx context.Context, user, password, sql string) *exec.Cmd {
 	h.t.Helper()
+	return h.cliTo(ctx, user, password, "app", sql)
+}
+
+// cliTo is cli with the resource to connect to.
+func (h *harness) cliTo(ctx context.Context, user, password, resource, sql string) *exec.Cmd {
+	h.t.Helper()
 	cmd := exec.CommandContext(ctx, mariadbCLI(h.t), "--no-defaults",
 		"-h", "127.0.0.1", "-P", strconv.Itoa(h.port()), "-u", user, "--password="+password,
 		"--ssl", "--ssl-ca="+h.caFile, "--ssl-verify-server-cert", "--connect-timeout=20",
-		"-D", "app", "-N", "-B", "-e", sql)
+		"-D", resource, "-N", "-B", "-e", sql)
 	cmd.Env = []string{"HOME=" + h.t.TempDir(), "PATH=" + os.Getenv("PATH")}
 	return cmd
 }

@@ -45,7 +45,17 @@
 //     whose first question shows the URL and code and waits for Enter;
 //     the sign-in finishes in the same connection, and a last question
 //     shows the new session key ("Press Enter to continue"). A client that
-//     hangs up ends the wait.
+//     hangs up ends the wait. A resource with require_totp needs a
+//     code (auth's *TOTPRequired when the password had none). In dialog
+//     mode a question asks for it in the same connection, showing
+//     first, to a person with no authenticator yet, the enrolment (a QR
+//     code in Unicode half blocks under a line of text, the otpauth URI
+//     and the key to type in) and the session key of a fresh sign-in;
+//     the answer is decided on as "<session key>:<code>" would be,
+//     timed by its arrival. In retry mode the connection ends with ERR
+//     1045 (28000) carrying the URI and key first, then what to
+//     reconnect with, then the session key, in at most 511 bytes (what
+//     libmysqlclient keeps of a message). None of it is logged.
 //  6. Backend. go-mysql's client logs in (mysql_native_password,
 //     caching_sha2_password over TLS or RSA, MariaDB's client_ed25519;
 //     TLS disable, require or verify-full with a CA file) asking for
@@ -90,7 +100,8 @@
 // query is killed.
 //
 // Refusals: 1045 (28000) for a bad key or token, a pending, declined or
-// mismatched sign-in, or a disabled account; 1044 (42000) for someone not
+// mismatched sign-in, a disabled account, or a TOTP code missing, wrong,
+// reused or locked out; 1044 (42000) for someone not
 // allowed on the resource; 1049 (42000) for an unknown resource; 1105
 // when Entra ID or Graph cannot be reached (portcullis fails closed); 1429
 // when the backend cannot be reached or refuses portcullis's login, naming

@@ -86,6 +86,8 @@ func refusalFor(ctx context.Context, sessionID string, err error) *refusal {
 		r       *refusal
 		io      *clientIOError
 		pending *auth.SignInPending
+		answer  *totpAnswer
+		need    *auth.TOTPRequired
 		denied  *auth.Refusal
 		backend *backendError
 	)
@@ -103,6 +105,10 @@ func refusalFor(ctx context.Context, sessionID string, err error) *refusal {
 		return nil
 	case errors.As(err, &pending):
 		return signInRequired(pending.Prompt)
+	case errors.As(err, &answer):
+		return totpRefusal(answer.need, answer.reconnect)
+	case errors.As(err, &need):
+		return totpRefusal(need, "")
 	case errors.As(err, &denied):
 		return refused(denied)
 	case errors.Is(err, errDecisionTimeout):
@@ -119,6 +125,10 @@ func refusalFor(ctx context.Context, sessionID string, err error) *refusal {
 
 // ended is what a client hears when portcullis ends its connection.
 func ended(cause error) *refusal {
+	var revoked *proxy.RevokedError
+	if errors.As(cause, &revoked) {
+		return &refusal{code: gomysql.ER_ACCESS_DENIED_ERROR, state: stateAccessDenied, message: revoked.Error(), err: cause}
+	}
 	if errors.Is(cause, proxy.ErrTerminated) {
 		return &refusal{code: erConnectionKilled, state: stateKilled, message: "connection was killed: an operator ended this session", err: cause}
 	}
@@ -152,6 +162,8 @@ func refused(r *auth.Refusal) *refusal {
 		fallback = "the sign-in was declined or the code expired"
 	case auth.ReasonDisabled:
 		fallback = "the account is disabled"
+	case auth.ReasonTOTPLocked:
+		fallback = "too many wrong TOTP codes: TOTP sign-in is locked for a while"
 	default:
 		fallback = "access refused"
 	}

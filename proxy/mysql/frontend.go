@@ -51,6 +51,9 @@ type frontend struct {
 	// switched is set once an AuthSwitchRequest was sent: clients allow
 	// one per login.
 	switched bool
+	// passwordAt is when the password arrived: a TOTP code in it is
+	// judged by that time.
+	passwordAt time.Time
 
 	mu     sync.Mutex // the prompt callback writes from the decision's goroutine
 	dialog *dialogState
@@ -179,6 +182,12 @@ func (fe *frontend) resource() (config.Resource, error) {
 // the server asks for it), from mysql_clear_password, or by switching the
 // client to mysql_clear_password when it used anything else.
 func (fe *frontend) password() (string, error) {
+	pw, err := fe.readPassword()
+	fe.passwordAt = time.Now()
+	return pw, err
+}
+
+func (fe *frontend) readPassword() (string, error) {
 	switch fe.hs.plugin {
 	case pluginCachingSHA2:
 		if len(fe.hs.auth) == 0 {
@@ -271,6 +280,7 @@ func (fe *frontend) decide(ctx context.Context, res config.Resource, password st
 		Password:    password,
 		ClientAddr:  fe.c.ClientAddr().Addr(),
 		Application: fe.application(),
+		ReceivedAt:  fe.passwordAt,
 		Mode:        fe.promptMode(res.Prompt),
 	}
 

@@ -29,6 +29,7 @@ import (
 	"github.com/portcullisdb/portcullis/config"
 	"github.com/portcullisdb/portcullis/internal/testmysql"
 	"github.com/portcullisdb/portcullis/internal/testpg"
+	"github.com/portcullisdb/portcullis/mfa"
 	"github.com/portcullisdb/portcullis/proxy"
 )
 
@@ -111,6 +112,8 @@ type harness struct {
 	caFile string
 	tlsCfg *tls.Config // what clients use to verify portcullis
 	logs   *observer.ObservedLogs
+	http   *http.Client // the identity core's, to Entra ID and Graph
+	totp   *mfa.TOTP    // with harnessOptions.totp: the identity core's
 }
 
 type harnessOptions struct {
@@ -118,6 +121,10 @@ type harnessOptions struct {
 	grace     time.Duration // sessions.address_grace
 	cleartext bool          // AskCleartext
 	drain     time.Duration
+	handshake time.Duration // proxy.handshake_timeout; 10 s when zero
+	// totp adds the resource "app_totp" (as app, with require_totp) and
+	// keeps state in a real SQLite store in a temporary directory.
+	totp bool
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -182,7 +189,20 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		Proxy:     config.Proxy{HandshakeTimeout: 10 * time.Second, DrainTimeout: opts.drain},
 	}
 
-	az, err := auth.New(h.cfg, auth.Deps{HTTPClients: map[string]*http.Client{"contoso": sim.HTTPClient()}})
+	if opts.handshake > 0 {
+		h.cfg.Proxy.HandshakeTimeout = opts.handshake
+	}
+	h.http = sim.HTTPClient()
+	deps := auth.Deps{HTTPClients: map[string]*http.Client{"contoso": h.http}}
+	if opts.totp {
+		vault := resource("app_totp", userNative, config.BackendTLSVerifyFull)
+		vault.RequireTOTP = true
+		h.cfg.Resources = append(h.cfg.Resources, vault)
+		st := sqliteStore(t)
+		h.totp = mfa.New(st, mfa.Options{})
+		deps.Sessions, deps.TOTP = st, h.totp
+	}
+	az, err := auth.New(h.cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

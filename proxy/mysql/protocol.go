@@ -11,6 +11,7 @@ import (
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 
+	"github.com/portcullisdb/portcullis/auth"
 	"github.com/portcullisdb/portcullis/config"
 	"github.com/portcullisdb/portcullis/proxy"
 )
@@ -97,8 +98,18 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		return fe.fail(ctx, err)
 	}
 
-	// 3. Who is it, and may they? This may prompt and wait.
+	// 3. Who is it, and may they? This may prompt and wait, and may ask
+	// for a TOTP code: in a dialog where the client has one, else in an
+	// ERR, and the code comes with the next connection.
 	dec, err := fe.decide(ctx, res, password)
+	var need *auth.TOTPRequired
+	if errors.As(err, &need) && ctx.Err() == nil {
+		if fe.canAskTOTP(res) {
+			dec, err = fe.askForTOTP(ctx, res, password, need)
+		} else {
+			err = &totpAnswer{need: need, reconnect: reconnectWith(need, password)}
+		}
+	}
 	if err != nil {
 		return fe.fail(ctx, err)
 	}

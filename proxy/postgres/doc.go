@@ -26,7 +26,19 @@
 //     hangs up ends the wait. In error mode (JDBC tools, which hide
 //     notices) the prompt is a FATAL 28000 whose message carries the URL
 //     and code, and the reconnect completes. resource.prompt picks the
-//     mode, or application_name does when it is auto.
+//     mode, or application_name does when it is auto. The time the
+//     password arrived goes with it: a TOTP code in it is judged by
+//     that time. A resource with require_totp needs a code in the
+//     password (auth's *TOTPRequired when there is none). The
+//     connection that signed the person in, or gave no code, ends
+//     there: in notice mode AuthenticationOk, a notice with the new
+//     session key, for a
+//     person without an authenticator one notice whose first line is
+//     text and the rest a QR code in Unicode half blocks (psql prefixes
+//     only the first line, so the code stays aligned) and one with the
+//     otpauth URI and the key to type in, then FATAL 28000 saying to
+//     reconnect with "<session key>:<code>"; in error mode one FATAL
+//     28000 carrying all of it. None of it is logged.
 //  5. Backend. pgconn logs in with the mapped credentials (SCRAM, MD5 or
 //     cleartext; TLS disable, require or verify-full) before the client
 //     is told anything more; then SyncConn and Hijack, after which pgconn
@@ -43,8 +55,10 @@
 // extended protocol gets an ERROR until Sync.
 //
 // Every refusal is a FATAL ErrorResponse a person can act on: 28P01 for a
-// bad key or token, 28000 for a sign-in that is pending, declined, of
-// someone else or not allowed, 3D000 for an unknown resource, 08004 when a
+// bad key or token or a wrong or reused TOTP code, 28000 for a sign-in
+// that is pending, declined, of someone else or not allowed, for a TOTP
+// code still to give and for a TOTP lockout, 3D000 for an unknown
+// resource, 08004 when a
 // dependency such as Microsoft Graph is down, 08006 when the backend
 // cannot be reached (naming the resource, never its address), and 57P01
 // when portcullis is shutting down or an operator ends the session.

@@ -103,6 +103,13 @@ func providerConfig() config.Provider {
 // directory as it is now.
 func newAuthorizer(t *testing.T, cfg *config.Config, hc *http.Client, log *zap.Logger) *auth.Authorizer {
 	t.Helper()
+	return newAuthorizerWith(t, cfg, hc, log, auth.Deps{})
+}
+
+// newAuthorizerWith is newAuthorizer with deps of the test's own (a state
+// store, TOTP); the logger, HTTP clients and group sources are filled in.
+func newAuthorizerWith(t *testing.T, cfg *config.Config, hc *http.Client, log *zap.Logger, deps auth.Deps) *auth.Authorizer {
+	t.Helper()
 	cred, err := confidential.NewCredFromSecret(graphSecret)
 	if err != nil {
 		t.Fatal(err)
@@ -118,11 +125,10 @@ func newAuthorizer(t *testing.T, cfg *config.Config, hc *http.Client, log *zap.L
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := auth.New(cfg, auth.Deps{
-		Logger:      log,
-		HTTPClients: map[string]*http.Client{providerName: hc},
-		Groups:      map[string]auth.GroupSource{providerName: &auth.GraphGroups{Client: gc, AppOnly: true}},
-	})
+	deps.Logger = log
+	deps.HTTPClients = map[string]*http.Client{providerName: hc}
+	deps.Groups = map[string]auth.GroupSource{providerName: &auth.GraphGroups{Client: gc, AppOnly: true}}
+	a, err := auth.New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

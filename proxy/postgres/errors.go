@@ -94,6 +94,7 @@ func fatalFor(ctx context.Context, sessionID string, err error) *fatal {
 		f       *fatal
 		io      *clientIOError
 		pending *auth.SignInPending
+		need    *auth.TOTPRequired
 		refusal *auth.Refusal
 		backend *backendError
 	)
@@ -111,6 +112,8 @@ func fatalFor(ctx context.Context, sessionID string, err error) *fatal {
 		return nil
 	case errors.As(err, &pending):
 		return signInRequired(pending.Prompt)
+	case errors.As(err, &need):
+		return totpFatal(need)
 	case errors.As(err, &refusal):
 		return refused(refusal)
 	case errors.Is(err, errDecisionTimeout):
@@ -127,6 +130,10 @@ func fatalFor(ctx context.Context, sessionID string, err error) *fatal {
 
 // ended is what a client hears when portcullis ends its connection.
 func ended(cause error) *fatal {
+	var revoked *proxy.RevokedError
+	if errors.As(cause, &revoked) {
+		return &fatal{code: codeInvalidAuthorization, message: "terminating connection: " + revoked.Error(), err: cause}
+	}
 	if errors.Is(cause, proxy.ErrTerminated) {
 		return &fatal{code: codeAdminShutdown, message: "terminating connection: an operator ended this session", err: cause}
 	}
@@ -161,6 +168,8 @@ func refused(r *auth.Refusal) *fatal {
 		f.code, fallback = codeInvalidAuthorization, "the sign-in was declined or the code expired"
 	case auth.ReasonDisabled:
 		f.code, fallback = codeInvalidAuthorization, "the account is disabled"
+	case auth.ReasonTOTPLocked:
+		f.code, fallback = codeInvalidAuthorization, "too many wrong TOTP codes: TOTP sign-in is locked for a while"
 	default:
 		f.code, fallback = codeInvalidAuthorization, "access refused"
 	}

@@ -48,6 +48,11 @@ type frontend struct {
 	codec *pgproto3.Backend
 	tls   bool
 
+	// passwordAt is when the password arrived: a TOTP code in it is
+	// judged by that time. mode is how the decision prompts.
+	passwordAt time.Time
+	mode       auth.PromptMode
+
 	mu     sync.Mutex // writes may come from a prompt callback
 	authOK bool       // AuthenticationOk has been sent
 }
@@ -305,6 +310,7 @@ func (fe *frontend) password(st *startup) (string, error) {
 	}
 	switch m := msg.(type) {
 	case *pgproto3.PasswordMessage:
+		fe.passwordAt = time.Now()
 		return m.Password, nil
 	case *pgproto3.Terminate:
 		return "", errClientGone
@@ -324,9 +330,11 @@ func (fe *frontend) decide(ctx context.Context, res config.Resource, st *startup
 		Password:    password,
 		ClientAddr:  fe.c.ClientAddr().Addr(),
 		Application: app,
+		ReceivedAt:  fe.passwordAt,
 		Mode:        startupPromptMode(res.Prompt, st.params),
 		Admin:       res.Name == config.ConsoleResource,
 	}
+	fe.mode = req.Mode
 
 	dctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -440,8 +448,7 @@ func (fe *frontend) ready(dec *auth.Decision, be *backend, key proxy.CancelKey) 
 	var buf []byte
 	buf = fe.appendAuthOK(buf)
 	if dec.SessionKey != "" {
-		buf = appendNotice(buf, fmt.Sprintf("Signed in as %s. Until %s you can connect without signing in again by giving this session key as your password: %s",
-			dec.Identity.Name(), dec.SessionKeyExpires.UTC().Format("2006-01-02 15:04 UTC"), dec.SessionKey))
+		buf = appendNotice(buf, sessionKeyNotice(dec.Identity, dec.SessionKey, dec.SessionKeyExpires))
 	}
 	for _, n := range be.notices {
 		buf = appendMessage(buf, (*pgproto3.NoticeResponse)(&pgproto3.ErrorResponse{

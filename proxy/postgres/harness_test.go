@@ -29,6 +29,7 @@ import (
 	"github.com/portcullisdb/portcullis/auth/entrasim"
 	"github.com/portcullisdb/portcullis/config"
 	"github.com/portcullisdb/portcullis/internal/testpg"
+	"github.com/portcullisdb/portcullis/mfa"
 	"github.com/portcullisdb/portcullis/proxy"
 )
 
@@ -73,6 +74,7 @@ type harness struct {
 	pg     *testpg.Server
 	cfg    *config.Config
 	authz  *auth.Authorizer
+	totp   *mfa.TOTP    // with harnessOptions.totp: the identity core's
 	http   *http.Client // the identity core's, to Entra ID and Graph
 	srv    *proxy.Server
 	host   string
@@ -87,6 +89,9 @@ type harnessOptions struct {
 	prompt      string // resource prompt setting; "" means auto
 	drain       time.Duration
 	handshake   time.Duration
+	// totp adds the resource "vault" (as analytics, with require_totp)
+	// and keeps state in a real SQLite store in a temporary directory.
+	totp bool
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -158,6 +163,15 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		// session key only.
 		Sessions: config.Sessions{TTL: 12 * time.Hour, AddressGrace: &noGrace},
 	}
+	var deps auth.Deps
+	if opts.totp {
+		vault := h.cfg.Resources[0]
+		vault.Name, vault.RequireTOTP = "vault", true
+		h.cfg.Resources = append(h.cfg.Resources, vault)
+		st := sqliteStore(t)
+		h.totp = mfa.New(st, mfa.Options{})
+		deps = auth.Deps{Sessions: st, TOTP: h.totp}
+	}
 	if h.cfg.Listeners[0].TLS == "" {
 		h.cfg.Listeners[0].TLS = config.ListenerTLSRequired
 	}
@@ -174,7 +188,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	h.http = sim.HTTPClient()
 	t.Cleanup(h.http.CloseIdleConnections)
 	// Closed after the proxy: cleanups run last registered first.
-	h.authz = newAuthorizer(t, h.cfg, h.http, zap.New(core))
+	h.authz = newAuthorizerWith(t, h.cfg, h.http, zap.New(core), deps)
 	h.srv, err = proxy.New(h.cfg, proxy.Deps{
 		Authorizer: h.authz,
 		Protocols:  []proxy.Protocol{New()},

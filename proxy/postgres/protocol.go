@@ -2,8 +2,10 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
+	"github.com/portcullisdb/portcullis/auth"
 	"github.com/portcullisdb/portcullis/config"
 	"github.com/portcullisdb/portcullis/proxy"
 )
@@ -50,8 +52,13 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		return fe.fail(ctx, err)
 	}
 
-	// 3. Who is it, and may they? This may prompt and wait.
+	// 3. Who is it, and may they? This may prompt and wait, and may ask
+	// for a TOTP code, which comes with the next connection.
 	dec, err := fe.decide(ctx, res, st, password)
+	var need *auth.TOTPRequired
+	if errors.As(err, &need) {
+		return fe.askForTOTP(ctx, need)
+	}
 	if err != nil {
 		return fe.fail(ctx, err)
 	}
