@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestSmoke runs the harness the way CI can afford: one 1-second round of
+// pgbench -S against PostgreSQL directly and through an in-process
+// portcullis, a few timed connections and a few pending sign-ins. It
+// checks that the run works and that its table parses, never how fast
+// anything is.
+func TestSmoke(t *testing.T) {
+	opts, err := parseOptions([]string{
+		"-duration", "1s", "-rounds", "1", "-scale", "1",
+		"-peers", "direct,portcullis",
+		"-workloads", "select-1",
+		"-setups", "5", "-signins", "0", "-idle", "0",
+		"-portcullis", inProcess,
+	}, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := findTools(opts.needs()); err != nil {
+		msg := "\n\n*** SKIPPING: the benchmark harness cannot run here:\n" + err.Error() + "\n***\n"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg + "*** CI=true: the harness smoke test must run in CI ***")
+		}
+		t.Skip(msg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out, progress bytes.Buffer
+	if err := run(ctx, opts, &out, &progress); err != nil {
+		t.Fatalf("run: %v\nprogress:\n%s", err, progress.String())
+	}
+	t.Log(out.String())
+
+	table, err := parseTable(out.String())
+	if err != nil {
+		t.Fatalf("parse the table: %v", err)
+	}
+	row, ok := table["pgbench -S, 1 client"]
+	if !ok {
+		t.Fatalf("no pgbench -S row in:\n%s", out.String())
+	}
+	if c := row["direct"]; !c.ok || !(c.tps > 0) {
+		t.Errorf("direct: got %+v, want a throughput above 0", c)
+	}
+	if c := row["portcullis"]; !c.ok || !(c.tps > 0) || !(c.ratio > 0) {
+		t.Errorf("portcullis: got %+v, want a throughput and a ratio to direct above 0", c)
+	}
+	if !strings.Contains(out.String(), "cached sign-in (session key)") {
+		t.Errorf("no set-up latency through portcullis in:\n%s", out.String())
+	}
+}
+
+func TestParseOptions(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{name: "defaults", args: nil},
+		{name: "direct must come first", args: []string{"-peers", "haproxy,direct"}, wantErr: "must start with direct"},
+		{name: "unknown peer", args: []string{"-peers", "direct,nginx"}, wantErr: `unknown peer "nginx"`},
+		{name: "unknown workload", args: []string{"-workloads", "select-2"}, wantErr: `unknown workload "select-2"`},
+		{name: "too short", args: []string{"-duration", "10ms"}, wantErr: "at least 1s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseOptions(tt.args, &bytes.Buffer{})
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("got %v, want no error", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("got %v, want an error containing %q", err, tt.wantErr)
+			case tt.wantErr == "" && (len(o.workloads) != len(workloads) || len(o.peers) != len(peerIDs)):
+				t.Fatalf("defaults: got %d workloads and %d peers, want %d and %d", len(o.workloads), len(o.peers), len(workloads), len(peerIDs))
+			}
+		})
+	}
+}
+
+func TestMedianAndRatio(t *testing.T) {
+	nan := math.NaN()
+	tests := []struct {
+		name string
+		v    []float64
+		want float64
+	}{
+		{name: "odd", v: []float64{3, 1, 2}, want: 2},
+		{name: "even", v: []float64{4, 1, 3, 2}, want: 2.5},
+		{name: "failed runs left out", v: []float64{nan, 5, nan}, want: 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := median(tt.v); got != tt.want {
+				t.Errorf("median(%v) = %v, want %v", tt.v, got, tt.want)
+			}
+		})
+	}
+	if got := median([]float64{nan}); !math.IsNaN(got) {
+		t.Errorf("median of only failures = %v, want NaN", got)
+	}
+
+	// The ratio is taken within each round, then the median over rounds:
+	// a slow round for everyone does not move it.
+	w := workloads[0]
+	direct, relay := &peer{id: "direct", title: "direct", pg: &endpoint{}}, &peer{id: "relay", title: "relay", pg: &endpoint{}}
+	r := newResults([]workload{w}, []*peer{direct, relay})
+	for _, round := range []struct{ d, p float64 }{{1000, 900}, {500, 450}, {1000, 700}} {
+		r.add(w, direct, round.d, nil)
+		r.add(w, relay, round.p, nil)
+	}
+	if got := r.ratio(w, relay); math.Abs(got-0.9) > 1e-9 {
+		t.Errorf("ratio = %v, want 0.9", got)
+	}
+	r.add(w, direct, 0, errors.New("pgbench failed"))
+	r.add(w, relay, 800, nil)
+	if got := median(r.tps[w.id]["direct"]); got != 1000 {
+		t.Errorf("median with a failed round = %v, want 1000", got)
+	}
+}
+
+func TestTableRoundTrip(t *testing.T) {
+	pg := &endpoint{}
+	direct := &peer{id: "direct", title: "direct", pg: pg, noMy: "MariaDB not started"}
+	relay := &peer{id: "portcullis", title: "portcullis", pg: pg, noMy: "no MySQL front door in this build"}
+	ws := []workload{workloads[0], workloads[4]}
+	r := newResults(ws, []*peer{direct, relay})
+	r.add(ws[0], direct, 10000, nil)
+	r.add(ws[0], relay, 8500, nil)
+
+	var b bytes.Buffer
+	r.writeTable(&b, time.Second, 1)
+	table, err := parseTable(b.String())
+	if err != nil {
+		t.Fatalf("parse:\n%s\n%v", b.String(), err)
+	}
+	tests := []struct {
+		name       string
+		row, col   string
+		wantOK     bool
+		wantTPS    float64
+		wantRatio  float64
+		ratioIsNaN bool
+	}{
+		{name: "direct", row: ws[0].title, col: "direct", wantOK: true, wantTPS: 10000, ratioIsNaN: true},
+		{name: "relay", row: ws[0].title, col: "portcullis", wantOK: true, wantTPS: 8500, wantRatio: 0.85},
+		{name: "not served", row: ws[1].title, col: "portcullis", wantOK: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, ok := table[tt.row][tt.col]
+			if !ok {
+				t.Fatalf("no cell %q/%q in\n%s", tt.row, tt.col, b.String())
+			}
+			if c.ok != tt.wantOK {
+				t.Fatalf("ok = %v, want %v", c.ok, tt.wantOK)
+			}
+			if !tt.wantOK {
+				return
+			}
+			if c.tps != tt.wantTPS {
+				t.Errorf("tps = %v, want %v", c.tps, tt.wantTPS)
+			}
+			if tt.ratioIsNaN != math.IsNaN(c.ratio) || (!tt.ratioIsNaN && c.ratio != tt.wantRatio) {
+				t.Errorf("ratio = %v, want %v", c.ratio, tt.wantRatio)
+			}
+		})
+	}
+	if _, err := parseTable("no table here"); err == nil {
+		t.Error("parseTable of text without a table: no error")
+	}
+}
+
+func TestMissingToolsNamePackages(t *testing.T) {
+	_, err := findTools([]need{{tool{"portcullis-bench-no-such-tool", "no-such-package"}, "a test"}})
+	var missing *missingToolsError
+	if !errors.As(err, &missing) {
+		t.Fatalf("got %v, want a *missingToolsError", err)
+	}
+	for _, want := range []string{"portcullis-bench-no-such-tool", "apt-get install -y no-such-package", "needed for a test"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("message %q does not mention %q", err, want)
+		}
+	}
+}

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// results are the throughput runs: per workload and peer, one value per
+// round (NaN for a failed run).
+type results struct {
+	workloads []workload
+	peers     []*peer
+	tps       map[string]map[string][]float64 // workload id → peer id → per round
+	cpu       map[string]map[string][]float64 // the relay's CPU µs per transaction, per round
+	switches  map[string]map[string][]float64 // the relay's context switches per transaction, per round
+	errs      map[string]map[string]error     // the last failure, if any
+}
+
+func newResults(ws []workload, ps []*peer) *results {
+	r := &results{workloads: ws, peers: ps, tps: map[string]map[string][]float64{}, cpu: map[string]map[string][]float64{}, switches: map[string]map[string][]float64{}, errs: map[string]map[string]error{}}
+	for _, w := range ws {
+		r.tps[w.id] = map[string][]float64{}
+		r.cpu[w.id] = map[string][]float64{}
+		r.switches[w.id] = map[string][]float64{}
+		r.errs[w.id] = map[string]error{}
+	}
+	return r
+}
+
+func (r *results) add(w workload, p *peer, tps float64, err error) {
+	if err != nil {
+		tps = math.NaN()
+		r.errs[w.id][p.id] = err
+	}
+	r.tps[w.id][p.id] = append(r.tps[w.id][p.id], tps)
+}
+
+// addUsage records the relay's CPU time and context switches per
+// transaction in one run.
+func (r *results) addUsage(w workload, p *peer, u usage, txns int64) {
+	if txns <= 0 {
+		return
+	}
+	r.cpu[w.id][p.id] = append(r.cpu[w.id][p.id], float64(u.cpu)/float64(time.Microsecond)/float64(txns))
+	r.switches[w.id][p.id] = append(r.switches[w.id][p.id], float64(u.switches)/float64(txns))
+}
+
+// writeCPUTable prints the relays' CPU time and context switches per
+// transaction: they move much less than throughput when something else
+// loads the machine.
+func (r *results) writeCPUTable(w io.Writer) {
+	var cols []*peer
+	for _, p := range r.peers {
+		for _, wl := range r.workloads {
+			if len(r.cpu[wl.id][p.id]) > 0 {
+				cols = append(cols, p)
+				break
+			}
+		}
+	}
+	if len(cols) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "The relay process per transaction: CPU µs / context switches (medians; all its threads, from /proc/PID/task/*/{schedstat,status}):")
+	fmt.Fprintln(w)
+	fmt.Fprint(w, "| workload |")
+	for _, p := range cols {
+		fmt.Fprintf(w, " %s |", p.title)
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range cols {
+		fmt.Fprint(w, "---:|")
+	}
+	fmt.Fprintln(w)
+	for _, wl := range r.workloads {
+		fmt.Fprintf(w, "| %s |", wl.title)
+		for _, p := range cols {
+			if m := median(r.cpu[wl.id][p.id]); !math.IsNaN(m) {
+				fmt.Fprintf(w, " %.1f / %.2f |", m, median(r.switches[wl.id][p.id]))
+			} else {
+				fmt.Fprint(w, " — |")
+			}
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+// median of the values that are not NaN; NaN if there are none.
+func median(v []float64) float64 {
+	var ok []float64
+	for _, x := range v {
+		if !math.IsNaN(x) {
+			ok = append(ok, x)
+		}
+	}
+	if len(ok) == 0 {
+		return math.NaN()
+	}
+	sort.Float64s(ok)
+	n := len(ok)
+	if n%2 == 1 {
+		return ok[n/2]
+	}
+	return (ok[n/2-1] + ok[n/2]) / 2
+}
+
+// ratio is the median over rounds of peer/direct within the same round,
+// so drift on the shared machine between rounds cancels out.
+func (r *results) ratio(w workload, p *peer) float64 {
+	direct, mine := r.tps[w.id]["direct"], r.tps[w.id][p.id]
+	var ratios []float64
+	for i := range min(len(direct), len(mine)) {
+		if direct[i] > 0 {
+			ratios = append(ratios, mine[i]/direct[i])
+		} else {
+			ratios = append(ratios, math.NaN())
+		}
+	}
+	return median(ratios)
+}
+
+// writeTable prints the throughput table in Markdown: median tps and, in
+// parentheses, the ratio to direct.
+func (r *results) writeTable(w io.Writer, d time.Duration, rounds int) {
+	fmt.Fprintf(w, "Throughput in transactions/s, median of %d rounds of %s; (ratio to direct: median of the per-round ratios)\n\n", rounds, d)
+	fmt.Fprint(w, "| workload |")
+	for _, p := range r.peers {
+		fmt.Fprintf(w, " %s |", p.title)
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range r.peers {
+		fmt.Fprint(w, "---:|")
+	}
+	fmt.Fprintln(w)
+	for _, wl := range r.workloads {
+		fmt.Fprintf(w, "| %s |", wl.title)
+		for _, p := range r.peers {
+			fmt.Fprintf(w, " %s |", r.cell(wl, p))
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func (r *results) cell(wl workload, p *peer) string {
+	if e, why := p.endpoint(wl.proto); e == nil {
+		return "— (" + why + ")"
+	}
+	m := median(r.tps[wl.id][p.id])
+	if math.IsNaN(m) {
+		return "failed"
+	}
+	if p.id == "direct" {
+		return fmt.Sprintf("%.0f", m)
+	}
+	ratio := r.ratio(wl, p)
+	if math.IsNaN(ratio) {
+		return fmt.Sprintf("%.0f", m)
+	}
+	return fmt.Sprintf("%.0f (%.2f)", m, ratio)
+}
+
+// writeRounds prints every round's figures, so a reader can see the
+// spread behind each median.
+func (r *results) writeRounds(w io.Writer) {
+	fmt.Fprintln(w, "Every round: tps [relay CPU µs / context switches per transaction]:")
+	fmt.Fprintln(w)
+	for _, wl := range r.workloads {
+		for _, p := range r.peers {
+			v := r.tps[wl.id][p.id]
+			if len(v) == 0 {
+				continue
+			}
+			s := make([]string, len(v))
+			cpu, sw := r.cpu[wl.id][p.id], r.switches[wl.id][p.id]
+			for i, x := range v {
+				s[i] = strconv.FormatFloat(x, 'f', 0, 64)
+				// Usage is recorded for every successful run, so it
+				// lines up with the rounds when no run failed.
+				if len(cpu) == len(v) {
+					s[i] += fmt.Sprintf(" [%.1f/%.2f]", cpu[i], sw[i])
+				}
+			}
+			fmt.Fprintf(w, "    %-40s %-15s %s\n", wl.title, p.title, strings.Join(s, "  "))
+		}
+	}
+	for _, wl := range r.workloads {
+		for _, p := range r.peers {
+			if err := r.errs[wl.id][p.id]; err != nil {
+				fmt.Fprintf(w, "\n%s via %s failed: %v\n", wl.title, p.title, err)
+			}
+		}
+	}
+}
+
+// tableCell is one parsed cell of the throughput table.
+type tableCell struct {
+	tps   float64
+	ratio float64 // NaN for direct
+	ok    bool    // false for "failed" and "—" cells
+}
+
+// parseTable reads the throughput table (the first table whose first
+// column is "workload") back, by row title and column title. It is the
+// inverse of writeTable, for tests and for tools that compare runs.
+func parseTable(text string) (map[string]map[string]tableCell, error) {
+	var header []string
+	out := map[string]map[string]tableCell{}
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "|") {
+			if header != nil {
+				break // the end of the table
+			}
+			continue
+		}
+		if strings.HasPrefix(line, "|---") {
+			continue
+		}
+		cells := strings.Split(strings.Trim(line, "|"), "|")
+		for i := range cells {
+			cells[i] = strings.TrimSpace(cells[i])
+		}
+		if header == nil {
+			if cells[0] != "workload" {
+				continue
+			}
+			header = cells
+			continue
+		}
+		if len(cells) != len(header) {
+			return nil, fmt.Errorf("row %q has %d cells, the header %d", cells[0], len(cells), len(header))
+		}
+		row := map[string]tableCell{}
+		for i := 1; i < len(cells); i++ {
+			c, err := parseCell(cells[i])
+			if err != nil {
+				return nil, fmt.Errorf("row %q, column %q: %w", cells[0], header[i], err)
+			}
+			row[header[i]] = c
+		}
+		out[cells[0]] = row
+	}
+	if header == nil {
+		return nil, fmt.Errorf("no throughput table")
+	}
+	return out, nil
+}
+
+func parseCell(s string) (tableCell, error) {
+	if s == "failed" || strings.HasPrefix(s, "—") {
+		return tableCell{tps: math.NaN(), ratio: math.NaN()}, nil
+	}
+	tpsText, ratioText, hasRatio := strings.Cut(s, " (")
+	tps, err := strconv.ParseFloat(tpsText, 64)
+	if err != nil {
+		return tableCell{}, err
+	}
+	c := tableCell{tps: tps, ratio: math.NaN(), ok: true}
+	if hasRatio {
+		if c.ratio, err = strconv.ParseFloat(strings.TrimSuffix(ratioText, ")"), 64); err != nil {
+			return tableCell{}, err
+		}
+	}
+	return c, nil
+}
+
+// percentile of sorted durations, nearest rank.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
