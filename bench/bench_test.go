@@ -12,16 +12,15 @@ import (
 )
 
 // TestSmoke runs the harness the way CI can afford: one 1-second round of
-// pgbench -S against PostgreSQL directly and through an in-process
-// portcullis, a few timed connections and a few pending sign-ins. It
-// checks that the run works and that its table parses, never how fast
-// anything is.
+// pgbench -S and of sysbench's point select against every peer, with
+// portcullis running inside the harness, a few timed connections and a
+// few pending sign-ins. It checks that every path of the run works and
+// that its table parses, never how fast anything is.
 func TestSmoke(t *testing.T) {
 	opts, err := parseOptions([]string{
 		"-duration", "1s", "-rounds", "1", "-scale", "1",
-		"-peers", "direct,portcullis",
-		"-workloads", "select-1",
-		"-setups", "5", "-signins", "0", "-idle", "0",
+		"-workloads", "select-1,point-select-1",
+		"-setups", "5", "-signins", "5", "-idle", "0",
 		"-portcullis", inProcess,
 	}, os.Stderr)
 	if err != nil {
@@ -53,11 +52,25 @@ func TestSmoke(t *testing.T) {
 	if c := row["direct"]; !c.ok || !(c.tps > 0) {
 		t.Errorf("direct: got %+v, want a throughput above 0", c)
 	}
-	if c := row["portcullis"]; !c.ok || !(c.tps > 0) || !(c.ratio > 0) {
-		t.Errorf("portcullis: got %+v, want a throughput and a ratio to direct above 0", c)
+	for _, peer := range []string{"HAProxy", "PgBouncer", "portcullis", "portcullis+TLS"} {
+		if c := row[peer]; !c.ok || !(c.tps > 0) || !(c.ratio > 0) {
+			t.Errorf("pgbench, %s: got %+v, want a throughput and a ratio to direct above 0", peer, c)
+		}
+	}
+	myRow, ok := table["sysbench point select, 1 thread"]
+	if !ok {
+		t.Fatalf("no sysbench row in:\n%s", out.String())
+	}
+	for _, peer := range []string{"direct", "HAProxy", "portcullis+TLS"} {
+		if c := myRow[peer]; !c.ok || !(c.tps > 0) {
+			t.Errorf("sysbench, %s: got %+v, want a throughput above 0", peer, c)
+		}
 	}
 	if !strings.Contains(out.String(), "cached sign-in (session key)") {
 		t.Errorf("no set-up latency through portcullis in:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "| 5 | 5 | 5 |") {
+		t.Errorf("the 5 pending sign-ins did not all show a code and wait together in:\n%s", out.String())
 	}
 }
 
