@@ -132,7 +132,7 @@ func NewAccessKey(provider, forID, resource string, ttl time.Duration, now time.
 		CreatedAt: now,
 		ExpiresAt: now.Add(ttl),
 	}
-	return key, rec, hashSessionKey(key), nil
+	return key, rec, hashKey(key), nil
 }
 
 // accessKeyKind tells from the identity a key is for whether it is a
@@ -175,7 +175,7 @@ func (a *Authorizer) accessKeySignIn(ctx context.Context, p *provider, res *reso
 		bad.Err = errors.New("malformed access key")
 		return Identity{}, "", bad
 	}
-	rec, ok, err := a.keys.AccessKeyByHash(ctx, hashSessionKey(key))
+	rec, ok, err := a.keys.AccessKeyByHash(ctx, hashKey(key))
 	switch {
 	case err != nil:
 		return Identity{}, "", storeRefusal(login, err)

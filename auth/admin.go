@@ -283,6 +283,9 @@ func (a *Authorizer) GraphClient(providerName string) (*graph.Client, error) {
 // refusals by method. A device-code request that address grace answers
 // is reported by Decide as MethodAddressGrace; MethodFor cannot know.
 func MethodFor(req Request) Method {
+	if req.Scramble != nil {
+		return MethodSessionKey
+	}
 	pw := ParsePassword(req.Password)
 	_, _, isSP := servicePrincipalLogin(req.LoginName)
 	switch {

@@ -289,6 +289,16 @@ func (a *Authorizer) Decide(ctx context.Context, req Request) (*Decision, error)
 	}
 
 	pw := ParsePassword(req.Password)
+	if req.Scramble != nil {
+		// The scramble is the credential; whatever else came is not.
+		pw = Password{Kind: CredentialNone}
+		if res.cfg.RequireTOTP {
+			return nil, &Refusal{
+				Reason:  ReasonNotAllowed,
+				Message: fmt.Sprintf("%q requires a TOTP code, which a session key proven without TLS cannot carry; connect with TLS", req.Resource),
+			}
+		}
+	}
 	var (
 		id         Identity
 		method     Method
@@ -317,6 +327,11 @@ func (a *Authorizer) Decide(ctx context.Context, req Request) (*Decision, error)
 		}
 	}
 	switch {
+	case req.Scramble != nil:
+		// Only a session key can match, and nothing else is tried: no
+		// device code, no address grace.
+		method = MethodSessionKey
+		id, graphToken, homeAcct, err = a.scrambleSignIn(ctx, p, req.LoginName, *req.Scramble)
 	case pw.Kind == CredentialAccessToken:
 		method = MethodAccessToken
 		id, tokenAud, err = a.checkToken(ctx, p, pw.Credential, req.LoginName)
@@ -464,15 +479,35 @@ func (a *Authorizer) sessionKeySignIn(ctx context.Context, p *provider, login, k
 		bad.Err = errors.New("malformed session key")
 		return Identity{}, "", "", bad
 	}
-	h := hashSessionKey(key)
-	rec, ok, err := a.store.GetSignIn(ctx, h)
-	if err != nil {
-		return Identity{}, "", "", storeRefusal(login, err)
+	// Keys are stored under their verifier; a key stored by an older
+	// portcullis, under the SHA-256 of the key, is still found by its
+	// text until it expires.
+	var (
+		rec SignInRecord
+		ok  bool
+		h   KeyHash
+	)
+	for _, h = range []KeyHash{sessionKeyVerifier(key), hashKey(key)} {
+		var err error
+		if rec, ok, err = a.store.GetSignIn(ctx, h); err != nil {
+			return Identity{}, "", "", storeRefusal(login, err)
+		}
+		if ok {
+			break
+		}
 	}
 	if !ok {
 		bad.Err = errors.New("no such session key")
 		return Identity{}, "", "", bad
 	}
+	return a.reuseSessionKey(ctx, p, login, h, rec, bad)
+}
+
+// reuseSessionKey accepts the record of a session key stored under h for
+// login, unless it has expired (then it is removed), belongs to another
+// provider or identity, or the person's Graph token cannot be had again;
+// bad is the refusal for a key that is not good.
+func (a *Authorizer) reuseSessionKey(ctx context.Context, p *provider, login string, h KeyHash, rec SignInRecord, bad *Refusal) (id Identity, graphToken, homeAccount string, err error) {
 	if !a.now().Before(rec.ExpiresAt) {
 		_ = a.store.DeleteSignIn(ctx, h)
 		bad.Err = errors.New("session key expired")
@@ -531,16 +566,21 @@ func (a *Authorizer) recordGrace(ctx context.Context, p *provider, login string,
 	return a.store.PutSignIn(ctx, graceHash(p.name, login, addr), rec)
 }
 
-// issueSessionKey makes a session key for a fresh sign-in and stores its
-// hash.
+// issueSessionKey makes a session key for a fresh sign-in and stores it
+// under its verifier.
 func (a *Authorizer) issueSessionKey(ctx context.Context, req Request, id Identity, homeAcct string) (string, time.Time, error) {
 	key, err := newSessionKey()
 	if err != nil {
 		return "", time.Time{}, &Refusal{Reason: ReasonUnavailable, Message: fmt.Sprintf("a session key for %s could not be made", id.Name()), Err: err}
 	}
 	now := a.now()
-	rec := SignInRecord{Identity: id, LoginName: req.LoginName, ClientAddr: req.ClientAddr, SignedInAt: now, ExpiresAt: now.Add(a.sessionTTL), HomeAccountID: homeAcct}
-	if err := a.store.PutSignIn(ctx, hashSessionKey(key), rec); err != nil {
+	rec := SignInRecord{
+		Identity: id, LoginName: req.LoginName, ClientAddr: req.ClientAddr, SignedInAt: now, ExpiresAt: now.Add(a.sessionTTL), HomeAccountID: homeAcct,
+		// Listed for scrambles under the name every login that may use
+		// the key leads to (loginMatches).
+		ScrambleUser: strings.ToLower(id.UPN),
+	}
+	if err := a.store.PutSignIn(ctx, sessionKeyVerifier(key), rec); err != nil {
 		return "", time.Time{}, storeRefusal(id.Name(), err)
 	}
 	return key, rec.ExpiresAt, nil

@@ -2,7 +2,10 @@ package auth
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -115,7 +118,7 @@ func TestSessionKey(t *testing.T) {
 	clk.Advance(12*time.Hour + time.Second)
 	_, err = e.a.Decide(testContext(t), noPromptRequest(t, aliceUPN, alice.SessionKey, aliceAddr))
 	wantRefusal(t, err, ReasonBadCredentials)
-	if _, ok, _ := e.a.store.GetSignIn(context.Background(), hashSessionKey(alice.SessionKey)); ok {
+	if _, ok, _ := e.a.store.GetSignIn(context.Background(), sessionKeyVerifier(alice.SessionKey)); ok {
 		t.Errorf("an expired key is still stored")
 	}
 }
@@ -124,18 +127,22 @@ func TestSessionKeyStoredHashed(t *testing.T) {
 	store := NewMemorySessionStore()
 	e := newEnv(t, withDeps(func(d *Deps) { d.Sessions = store }))
 	d := e.signIn(t, aliceUPN, "sales", aliceAddr)
-	rec, ok, err := store.GetSignIn(context.Background(), hashSessionKey(d.SessionKey))
+	rec, ok, err := store.GetSignIn(context.Background(), sessionKeyVerifier(d.SessionKey))
 	if err != nil || !ok {
-		t.Fatalf("no record under the key's hash: %v", err)
+		t.Fatalf("no record under the key's verifier: %v", err)
 	}
-	if rec.Identity.UPN != aliceUPN || rec.ClientAddr != aliceAddr {
+	if rec.Identity.UPN != aliceUPN || rec.ClientAddr != aliceAddr || rec.ScrambleUser != aliceUPN {
 		t.Errorf("record = %+v", rec)
 	}
+	// Neither the key nor its SHA-256, which answers a MySQL scramble,
+	// is anywhere in the store.
+	h1 := sha256.Sum256([]byte(d.SessionKey))
 	store.mu.Lock()
 	defer store.mu.Unlock()
 	for h, r := range store.recs {
-		if strings.Contains(h.String(), d.SessionKey) || strings.Contains(r.LoginName+r.HomeAccountID, d.SessionKey) {
-			t.Errorf("the store holds the key itself")
+		text := fmt.Sprintf("%s %x %+v", h, h, r)
+		if strings.Contains(text, d.SessionKey) || strings.Contains(text, hex.EncodeToString(h1[:])) || h == KeyHash(h1) {
+			t.Errorf("the store holds the key or its SHA-256")
 		}
 	}
 }

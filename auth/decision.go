@@ -92,6 +92,13 @@ type Request struct {
 	// must not block for long; the decision then waits for the sign-in
 	// until ctx ends or the code expires.
 	Prompt func(DeviceCodePrompt) error
+	// Scramble, when set, stands in for Password: a MySQL client without
+	// TLS proved a key with caching_sha2_password's fast authentication.
+	// Only a session key of LoginName stored under its verifier can
+	// match; nothing else is tried (no device code, no address grace),
+	// and a resource with require_totp refuses it, since it carries no
+	// code. Never logged.
+	Scramble *SHA2Scramble
 }
 
 // DeviceCodePrompt is what a person needs to complete a device-code sign-in.

@@ -29,12 +29,24 @@
 //
 //   - A session key ("pcx_" and 52 base32 characters: 256 random bits).
 //     Portcullis hands one out after each interactive sign-in (Decision.
-//     SessionKey), valid for sessions.ttl, and keeps only its SHA-256 in
-//     the SessionStore, so a copy of the store yields no usable key. A key
-//     is accepted only for the login name it was issued to: alice's key
-//     presented as bob is refused as a bad password (ReasonBadCredentials,
-//     SQLSTATE 28P01), exactly like a key that never existed, so the
-//     answer does not tell a holder of a stolen key whose it is.
+//     SessionKey), valid for sessions.ttl, and keeps only its verifier,
+//     SHA-256 of its SHA-256, in the SessionStore, so a copy of the store
+//     yields no usable key, nor anything that answers a MySQL scramble
+//     (below). Keys stored by an older portcullis, under their SHA-256,
+//     are still found when typed, until they expire. A key is accepted
+//     only for the login name it was issued to: alice's key presented as
+//     bob is refused as a bad password (ReasonBadCredentials, SQLSTATE
+//     28P01), exactly like a key that never existed, so the answer does
+//     not tell a holder of a stolen key whose it is.
+//
+//     A MySQL client without TLS may prove a session key with
+//     caching_sha2_password's fast-authentication scramble instead of
+//     sending it (Request.Scramble, SHA2Scramble). Every live key the
+//     store lists for the login's UPN (SessionKeysOf) is checked against
+//     it in constant time, and nothing else is tried: no device code, no
+//     address grace, no key stored under its bare SHA-256. The rest of
+//     the decision is a typed key's, except that a resource with
+//     require_totp refuses it, since a scramble carries no code.
 //
 //   - An access key ("pak_" and 52 base32 characters), made by an admin
 //     (`portcullis keys create`) for one identity — a UPN or an

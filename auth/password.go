@@ -164,12 +164,28 @@ var sessionKeyShape = regexp.MustCompile(`^` + SessionKeyPrefix + `[a-z2-7]{52}$
 // newSessionKey; malformed keys are refused without a store lookup.
 func wellFormedSessionKey(key string) bool { return sessionKeyShape.MatchString(key) }
 
-// KeyHash is how a session key (or an address-grace record) is stored: the
-// SHA-256 of its text. A leaked store therefore yields no usable key.
+// KeyHash is what a secret is stored under, never the secret itself: for
+// a session key its verifier (sessionKeyVerifier), for an access key, an
+// address-grace record or a session key stored by an older portcullis
+// the SHA-256 of its text (hashKey). A leaked store therefore yields no
+// usable key.
 type KeyHash [sha256.Size]byte
 
 // String is the hash in hex, for use as a database key.
 func (h KeyHash) String() string { return hex.EncodeToString(h[:]) }
 
-// hashSessionKey is the store key of a session key.
-func hashSessionKey(key string) KeyHash { return sha256.Sum256([]byte(key)) }
+// hashKey is the SHA-256 of a key's text: the store key of an access key,
+// and of a session key stored before verifiers (see sessionKeyVerifier),
+// which the password path still looks up.
+func hashKey(key string) KeyHash { return sha256.Sum256([]byte(key)) }
+
+// sessionKeyVerifier is the store key of a session key: SHA-256 of
+// SHA-256 of its text, the value a MySQL server keeps to check
+// caching_sha2_password's fast-authentication scramble (SHA2Scramble).
+// The inner hash is exactly what a scramble proves, so it must never be
+// stored: with it, a copy of the store would let anyone answer a
+// scramble. From the verifier, nothing can be answered.
+func sessionKeyVerifier(key string) KeyHash {
+	h := sha256.Sum256([]byte(key))
+	return sha256.Sum256(h[:])
+}

@@ -92,7 +92,7 @@ func TestAccessKeyShape(t *testing.T) {
 		if wellFormedSessionKey(k) {
 			t.Fatalf("an access key has the shape of a session key")
 		}
-		if h != hashSessionKey(k) || strings.Contains(rec.ID, k[len(AccessKeyPrefix):len(AccessKeyPrefix)+8]) {
+		if h != hashKey(k) || strings.Contains(rec.ID, k[len(AccessKeyPrefix):len(AccessKeyPrefix)+8]) {
 			t.Fatalf("the record gives the key away or the hash is not the key's")
 		}
 		if rec.Kind != KindServicePrincipal || rec.For != etlBotApp {

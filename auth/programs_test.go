@@ -331,7 +331,7 @@ func (e *env) accessKey(t *testing.T, forID, resource string, ttl time.Duration)
 // keyID is the id of the access key key in the env's store.
 func (e *env) keyID(t *testing.T, key string) string {
 	t.Helper()
-	rec, ok, err := e.a.keys.AccessKeyByHash(testContext(t), hashSessionKey(key))
+	rec, ok, err := e.a.keys.AccessKeyByHash(testContext(t), hashKey(key))
 	if err != nil || !ok {
 		t.Fatalf("key not in the store: %v", err)
 	}

@@ -24,11 +24,26 @@ type SignInRecord struct {
 	// in this process's memory) gets the user's own Graph token again in
 	// delegated Graph mode.
 	HomeAccountID string
+	// ScrambleUser is set only on a session key stored under its
+	// verifier (SHA-256 of SHA-256 of the key), which a MySQL scramble
+	// can be checked against: the lower-case UPN of its identity, under
+	// which SessionKeysOf lists it. Address-grace records have none, nor
+	// do session keys stored by an older portcullis under the SHA-256 of
+	// the key (the very value a scramble proves), so no scramble ever
+	// reaches them.
+	ScrambleUser string
 }
 
-// SessionStore keeps sign-in records under the SHA-256 of their key. The
-// in-memory MemorySessionStore serves a single process; a durable store
-// shared by replicas implements the same four methods.
+// StoredSessionKey is a session key's record with the verifier it is
+// stored under.
+type StoredSessionKey struct {
+	Verifier KeyHash
+	Record   SignInRecord
+}
+
+// SessionStore keeps sign-in records under a hash of their key (see
+// KeyHash). The in-memory MemorySessionStore serves a single process; a
+// durable store shared by replicas implements the same methods.
 type SessionStore interface {
 	// PutSignIn stores rec under h, replacing any record there.
 	PutSignIn(ctx context.Context, h KeyHash, rec SignInRecord) error
@@ -41,6 +56,11 @@ type SessionStore interface {
 	// DeleteExpiredSignIns removes every record that expired before now
 	// and reports how many.
 	DeleteExpiredSignIns(ctx context.Context, now time.Time) (int, error)
+	// SessionKeysOf lists the records whose ScrambleUser is user (exactly:
+	// callers pass it in lower case) and that expire after now, with the
+	// hash each is stored under. Records without a ScrambleUser are never
+	// listed.
+	SessionKeysOf(ctx context.Context, user string, now time.Time) ([]StoredSessionKey, error)
 }
 
 // MemorySessionStore is a SessionStore (and an AccessKeyStore) in
@@ -92,6 +112,19 @@ func (m *MemorySessionStore) DeleteExpiredSignIns(_ context.Context, now time.Ti
 		}
 	}
 	return n, nil
+}
+
+// SessionKeysOf implements SessionStore.
+func (m *MemorySessionStore) SessionKeysOf(_ context.Context, user string, now time.Time) ([]StoredSessionKey, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []StoredSessionKey
+	for h, rec := range m.recs {
+		if user != "" && rec.ScrambleUser == user && now.Before(rec.ExpiresAt) {
+			out = append(out, StoredSessionKey{Verifier: h, Record: rec})
+		}
+	}
+	return out, nil
 }
 
 // Len reports how many records the store holds (for tests and metrics).

@@ -194,8 +194,11 @@ func TestSessionStoreIsTimed(t *testing.T) {
 	if _, err := s.DeleteExpiredSignIns(ctx, time.Now()); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := s.SessionKeysOf(ctx, "alice", time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	_, text := scrape(t, r.Handler(), "/")
-	for _, op := range []string{"put_sign_in", "get_sign_in", "delete_sign_in", "delete_expired_sign_ins"} {
+	for _, op := range []string{"put_sign_in", "get_sign_in", "delete_sign_in", "delete_expired_sign_ins", "list_session_keys"} {
 		if got := value(text, `portcullis_store_operation_duration_seconds_count{op="`+op+`"}`); got != 1 {
 			t.Errorf("%s timed %v times, want 1", op, got)
 		}

@@ -45,3 +45,10 @@ func (t *timedSessionStore) DeleteExpiredSignIns(ctx context.Context, now time.T
 	t.r.ObserveStore("delete_expired_sign_ins", time.Since(start), err)
 	return n, err
 }
+
+func (t *timedSessionStore) SessionKeysOf(ctx context.Context, user string, now time.Time) ([]auth.StoredSessionKey, error) {
+	start := time.Now()
+	keys, err := t.next.SessionKeysOf(ctx, user, now)
+	t.r.ObserveStore("list_session_keys", time.Since(start), err)
+	return keys, err
+}

@@ -6,7 +6,13 @@
 // # What it keeps
 //
 //   - sign_ins: session keys and address-grace records (auth.SessionStore),
-//     each under the SHA-256 of its key; the key itself is never stored.
+//     each under a hash of its key; the key itself is never stored. A
+//     session key is under its verifier, SHA-256 of its SHA-256, with the
+//     owner's lower-case UPN in scramble_user, by which SessionKeysOf
+//     lists a person's live keys for MySQL's caching_sha2_password
+//     scramble. Address-grace records, and session keys stored before
+//     schema version 4 (under the SHA-256 of the key, the very value a
+//     scramble proves), have no scramble_user and are never listed.
 //   - totp_secrets: each user's TOTP secret, sealed with AES-256-GCM under
 //     a key from store.key_env or store.key_file, with the id of that key
 //     (KeyID) beside it; pending or active; the last accepted step.

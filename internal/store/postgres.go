@@ -142,6 +142,12 @@ var postgresMigrations = []migration{
 			revoked_at   timestamptz
 		)`,
 	}},
+	{4, "session keys a MySQL scramble can prove", []string{
+		// Set only on session keys stored under their verifier; rows
+		// from before stay NULL and are never listed for a scramble.
+		`ALTER TABLE sign_ins ADD COLUMN scramble_user text`,
+		`CREATE INDEX sign_ins_scramble_user ON sign_ins (scramble_user) WHERE scramble_user IS NOT NULL`,
+	}},
 }
 
 // migrate applies the migrations this database lacks in one transaction
@@ -216,37 +222,66 @@ func fromNullTime(t *time.Time) time.Time {
 func (p *Postgres) PutSignIn(ctx context.Context, h auth.KeyHash, rec auth.SignInRecord) error {
 	r := toRow(rec)
 	_, err := p.pool.Exec(ctx, `INSERT INTO sign_ins (key_hash, provider, kind, tenant_id, object_id, upn, app_id,
-			display_name, login_name, client_addr, signed_in_at, expires_at, home_account_id)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+			display_name, login_name, client_addr, signed_in_at, expires_at, home_account_id, scramble_user)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 		ON CONFLICT (key_hash) DO UPDATE SET provider = excluded.provider, kind = excluded.kind,
 			tenant_id = excluded.tenant_id, object_id = excluded.object_id, upn = excluded.upn,
 			app_id = excluded.app_id, display_name = excluded.display_name, login_name = excluded.login_name,
 			client_addr = excluded.client_addr, signed_in_at = excluded.signed_in_at,
-			expires_at = excluded.expires_at, home_account_id = excluded.home_account_id`,
+			expires_at = excluded.expires_at, home_account_id = excluded.home_account_id,
+			scramble_user = excluded.scramble_user`,
 		h[:], r.provider, r.kind, r.tenantID, r.objectID, r.upn, r.appID, r.displayName, r.loginName,
-		r.clientAddr, r.signedInAt, r.expiresAt, r.homeAccountID)
+		r.clientAddr, r.signedInAt, r.expiresAt, r.homeAccountID, r.scrambleUser)
 	if err != nil {
 		return fmt.Errorf("store: put sign-in of %s: %w", rec.Identity.Name(), err)
 	}
 	return nil
 }
 
+func scanPostgresSignIn(row pgx.Row, extra ...any) (auth.SignInRecord, error) {
+	var r signInRow
+	dest := append([]any{&r.provider, &r.kind, &r.tenantID, &r.objectID, &r.upn, &r.appID, &r.displayName,
+		&r.loginName, &r.clientAddr, &r.signedInAt, &r.expiresAt, &r.homeAccountID, &r.scrambleUser}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return auth.SignInRecord{}, err
+	}
+	return r.record()
+}
+
 // GetSignIn implements auth.SessionStore.
 func (p *Postgres) GetSignIn(ctx context.Context, h auth.KeyHash) (auth.SignInRecord, bool, error) {
-	var r signInRow
-	err := p.pool.QueryRow(ctx, `SELECT provider, kind, tenant_id, object_id, upn, app_id, display_name,
-			login_name, client_addr, signed_in_at, expires_at, home_account_id
-		FROM sign_ins WHERE key_hash = $1`, h[:]).Scan(
-		&r.provider, &r.kind, &r.tenantID, &r.objectID, &r.upn, &r.appID, &r.displayName,
-		&r.loginName, &r.clientAddr, &r.signedInAt, &r.expiresAt, &r.homeAccountID)
+	rec, err := scanPostgresSignIn(p.pool.QueryRow(ctx, `SELECT `+signInColumns+` FROM sign_ins WHERE key_hash = $1`, h[:]))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return auth.SignInRecord{}, false, nil
 	}
 	if err != nil {
 		return auth.SignInRecord{}, false, fmt.Errorf("store: get sign-in: %w", err)
 	}
-	rec, err := r.record()
-	return rec, err == nil, err
+	return rec, true, nil
+}
+
+// SessionKeysOf implements auth.SessionStore.
+func (p *Postgres) SessionKeysOf(ctx context.Context, user string, now time.Time) ([]auth.StoredSessionKey, error) {
+	rows, err := p.pool.Query(ctx, `SELECT `+signInColumns+`, key_hash FROM sign_ins
+		WHERE scramble_user = $1 AND expires_at > $2 ORDER BY signed_in_at DESC`, user, now)
+	if err != nil {
+		return nil, fmt.Errorf("store: list the session keys of %s: %w", user, err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (auth.StoredSessionKey, error) {
+		var h []byte
+		rec, err := scanPostgresSignIn(row, &h)
+		if err == nil && len(h) != len(auth.KeyHash{}) {
+			err = fmt.Errorf("a key hash of %d bytes", len(h))
+		}
+		if err != nil {
+			return auth.StoredSessionKey{}, err
+		}
+		return auth.StoredSessionKey{Verifier: auth.KeyHash(h), Record: rec}, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: list the session keys of %s: %w", user, err)
+	}
+	return out, nil
 }
 
 // DeleteSignIn implements auth.SessionStore.

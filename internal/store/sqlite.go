@@ -177,6 +177,12 @@ var sqliteMigrations = []migration{
 			revoked_at   INTEGER
 		)`,
 	}},
+	{4, "session keys a MySQL scramble can prove", []string{
+		// Set only on session keys stored under their verifier; rows
+		// from before stay NULL and are never listed for a scramble.
+		`ALTER TABLE sign_ins ADD COLUMN scramble_user TEXT`,
+		`CREATE INDEX sign_ins_scramble_user ON sign_ins (scramble_user) WHERE scramble_user IS NOT NULL`,
+	}},
 }
 
 // migrate applies the migrations this database lacks, in one transaction
@@ -257,39 +263,77 @@ func fromNullMicros(v sql.NullInt64) time.Time {
 func (s *SQLite) PutSignIn(ctx context.Context, h auth.KeyHash, rec auth.SignInRecord) error {
 	r := toRow(rec)
 	_, err := s.db.ExecContext(ctx, `INSERT INTO sign_ins (key_hash, provider, kind, tenant_id, object_id, upn, app_id,
-			display_name, login_name, client_addr, signed_in_at, expires_at, home_account_id)
-		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+			display_name, login_name, client_addr, signed_in_at, expires_at, home_account_id, scramble_user)
+		VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
 		ON CONFLICT (key_hash) DO UPDATE SET provider = excluded.provider, kind = excluded.kind,
 			tenant_id = excluded.tenant_id, object_id = excluded.object_id, upn = excluded.upn,
 			app_id = excluded.app_id, display_name = excluded.display_name, login_name = excluded.login_name,
 			client_addr = excluded.client_addr, signed_in_at = excluded.signed_in_at,
-			expires_at = excluded.expires_at, home_account_id = excluded.home_account_id`,
+			expires_at = excluded.expires_at, home_account_id = excluded.home_account_id,
+			scramble_user = excluded.scramble_user`,
 		h[:], r.provider, r.kind, r.tenantID, r.objectID, r.upn, r.appID, r.displayName, r.loginName,
-		r.clientAddr, micros(r.signedInAt), micros(r.expiresAt), r.homeAccountID)
+		r.clientAddr, micros(r.signedInAt), micros(r.expiresAt), r.homeAccountID, r.scrambleUser)
 	if err != nil {
 		return fmt.Errorf("store: put sign-in of %s: %w", rec.Identity.Name(), err)
 	}
 	return nil
 }
 
+// signInColumns are read back by GetSignIn and SessionKeysOf, in
+// scanSignIn's order.
+const signInColumns = `provider, kind, tenant_id, object_id, upn, app_id, display_name,
+	login_name, client_addr, signed_in_at, expires_at, home_account_id, scramble_user`
+
+func scanSQLiteSignIn(scan func(dest ...any) error, extra ...any) (auth.SignInRecord, error) {
+	var (
+		r                 signInRow
+		signedIn, expires int64
+	)
+	dest := append([]any{&r.provider, &r.kind, &r.tenantID, &r.objectID, &r.upn, &r.appID, &r.displayName,
+		&r.loginName, &r.clientAddr, &signedIn, &expires, &r.homeAccountID, &r.scrambleUser}, extra...)
+	if err := scan(dest...); err != nil {
+		return auth.SignInRecord{}, err
+	}
+	r.signedInAt, r.expiresAt = fromMicros(signedIn), fromMicros(expires)
+	return r.record()
+}
+
 // GetSignIn implements auth.SessionStore.
 func (s *SQLite) GetSignIn(ctx context.Context, h auth.KeyHash) (auth.SignInRecord, bool, error) {
-	var r signInRow
-	var signedIn, expires int64
-	err := s.db.QueryRowContext(ctx, `SELECT provider, kind, tenant_id, object_id, upn, app_id, display_name,
-			login_name, client_addr, signed_in_at, expires_at, home_account_id
-		FROM sign_ins WHERE key_hash = ?1`, h[:]).Scan(
-		&r.provider, &r.kind, &r.tenantID, &r.objectID, &r.upn, &r.appID, &r.displayName,
-		&r.loginName, &r.clientAddr, &signedIn, &expires, &r.homeAccountID)
+	rec, err := scanSQLiteSignIn(s.db.QueryRowContext(ctx, `SELECT `+signInColumns+` FROM sign_ins WHERE key_hash = ?1`, h[:]).Scan)
 	if errors.Is(err, sql.ErrNoRows) {
 		return auth.SignInRecord{}, false, nil
 	}
 	if err != nil {
 		return auth.SignInRecord{}, false, fmt.Errorf("store: get sign-in: %w", err)
 	}
-	r.signedInAt, r.expiresAt = fromMicros(signedIn), fromMicros(expires)
-	rec, err := r.record()
-	return rec, err == nil, err
+	return rec, true, nil
+}
+
+// SessionKeysOf implements auth.SessionStore.
+func (s *SQLite) SessionKeysOf(ctx context.Context, user string, now time.Time) ([]auth.StoredSessionKey, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+signInColumns+`, key_hash FROM sign_ins
+		WHERE scramble_user = ?1 AND expires_at > ?2 ORDER BY signed_in_at DESC`, user, micros(now))
+	if err != nil {
+		return nil, fmt.Errorf("store: list the session keys of %s: %w", user, err)
+	}
+	defer rows.Close()
+	var out []auth.StoredSessionKey
+	for rows.Next() {
+		var h []byte
+		rec, err := scanSQLiteSignIn(rows.Scan, &h)
+		if err == nil && len(h) != len(auth.KeyHash{}) {
+			err = fmt.Errorf("a key hash of %d bytes", len(h))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("store: list the session keys of %s: %w", user, err)
+		}
+		out = append(out, auth.StoredSessionKey{Verifier: auth.KeyHash(h), Record: rec})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: list the session keys of %s: %w", user, err)
+	}
+	return out, nil
 }
 
 // DeleteSignIn implements auth.SessionStore.

@@ -83,6 +83,8 @@ type signInRow struct {
 	provider, kind, tenantID, objectID, upn, appID, displayName string
 	loginName, clientAddr, homeAccountID                        string
 	signedInAt, expiresAt                                       time.Time
+	// scrambleUser is NULL for records no scramble may reach.
+	scrambleUser *string
 }
 
 func toRow(rec auth.SignInRecord) signInRow {
@@ -96,7 +98,16 @@ func toRow(rec auth.SignInRecord) signInRow {
 		upn: id.UPN, appID: id.AppID, displayName: id.DisplayName,
 		loginName: rec.LoginName, clientAddr: addr, homeAccountID: rec.HomeAccountID,
 		signedInAt: rec.SignedInAt, expiresAt: rec.ExpiresAt,
+		scrambleUser: nullString(rec.ScrambleUser),
 	}
+}
+
+// nullString maps "" to NULL.
+func nullString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 func (r signInRow) record() (auth.SignInRecord, error) {
@@ -106,6 +117,9 @@ func (r signInRow) record() (auth.SignInRecord, error) {
 			UPN: r.upn, AppID: r.appID, DisplayName: r.displayName,
 		},
 		LoginName: r.loginName, SignedInAt: r.signedInAt, ExpiresAt: r.expiresAt, HomeAccountID: r.homeAccountID,
+	}
+	if r.scrambleUser != nil {
+		rec.ScrambleUser = *r.scrambleUser
 	}
 	if r.clientAddr != "" {
 		addr, err := netip.ParseAddr(r.clientAddr)

@@ -6,6 +6,7 @@ import (
 	"encoding/base32"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -43,7 +44,90 @@ func signInRecord(upn string, addr netip.Addr, expires time.Time) auth.SignInRec
 
 func sameRecord(a, b auth.SignInRecord) bool {
 	return a.Identity == b.Identity && a.LoginName == b.LoginName && a.ClientAddr == b.ClientAddr &&
-		a.SignedInAt.Equal(b.SignedInAt) && a.ExpiresAt.Equal(b.ExpiresAt) && a.HomeAccountID == b.HomeAccountID
+		a.SignedInAt.Equal(b.SignedInAt) && a.ExpiresAt.Equal(b.ExpiresAt) && a.HomeAccountID == b.HomeAccountID &&
+		a.ScrambleUser == b.ScrambleUser
+}
+
+// sessionKeyRecord is a session key's record as auth stores it: listed
+// for scrambles under the lower-case UPN.
+func sessionKeyRecord(upn string, addr netip.Addr, expires time.Time) auth.SignInRecord {
+	rec := signInRecord(upn, addr, expires)
+	rec.ScrambleUser = strings.ToLower(upn)
+	return rec
+}
+
+// TestSessionKeysOf: a person's live session keys stored under their
+// verifier are listed, with the hash each is under; address-grace
+// records, keys stored before verifiers, expired keys and other people's
+// keys are not.
+func TestSessionKeysOf(t *testing.T) {
+	eachBackend(t, func(t *testing.T, db database) {
+		s := db.open(t, Keys{})
+		ctx := testContext(t)
+		addr := netip.MustParseAddr("192.0.2.10")
+		hash := func(s string) auth.KeyHash { return sha256.Sum256([]byte(s)) }
+		later, latest := sessionKeyRecord("Alice@Contoso.Example", addr, at.Add(time.Hour)), sessionKeyRecord("alice@contoso.example", addr, at.Add(2*time.Hour))
+		latest.SignedInAt = at.Add(time.Minute)
+		puts := []struct {
+			h   auth.KeyHash
+			rec auth.SignInRecord
+		}{
+			{hash("alice's first key"), later},
+			{hash("alice's second key"), latest},
+			{hash("alice's expired key"), sessionKeyRecord("alice@contoso.example", addr, at)},
+			{hash("alice's address grace"), signInRecord("alice@contoso.example", addr, at.Add(time.Hour))},
+			{hash("alice's key from before verifiers"), signInRecord("alice@contoso.example", addr, at.Add(time.Hour))},
+			{hash("bob's key"), sessionKeyRecord("bob@contoso.example", addr, at.Add(time.Hour))},
+		}
+		for _, p := range puts {
+			if err := s.PutSignIn(ctx, p.h, p.rec); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tests := []struct {
+			name string
+			user string
+			now  time.Time
+			want []auth.StoredSessionKey // newest first
+		}{
+			{name: "alice", user: "alice@contoso.example", now: at, want: []auth.StoredSessionKey{
+				{Verifier: hash("alice's second key"), Record: latest},
+				{Verifier: hash("alice's first key"), Record: later},
+			}},
+			{name: "at the first key's expiry", user: "alice@contoso.example", now: at.Add(time.Hour), want: []auth.StoredSessionKey{
+				{Verifier: hash("alice's second key"), Record: latest},
+			}},
+			{name: "bob", user: "bob@contoso.example", now: at, want: []auth.StoredSessionKey{{Verifier: hash("bob's key"), Record: puts[5].rec}}},
+			{name: "the name in another case", user: "Alice@Contoso.Example", now: at},
+			{name: "no name", user: "", now: at},
+			{name: "carol", user: "carol@contoso.example", now: at},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				got, err := s.SessionKeysOf(ctx, tt.user, tt.now)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(got) != len(tt.want) {
+					t.Fatalf("%d keys listed, want %d", len(got), len(tt.want))
+				}
+				for i := range got {
+					if got[i].Verifier != tt.want[i].Verifier || !sameRecord(got[i].Record, tt.want[i].Record) {
+						t.Errorf("key %d = %x %+v, want %x %+v", i, got[i].Verifier[:4], got[i].Record, tt.want[i].Verifier[:4], tt.want[i].Record)
+					}
+				}
+			})
+		}
+
+		// Replaced by a record no scramble may reach, a key is no longer
+		// listed.
+		if err := s.PutSignIn(ctx, hash("alice's second key"), signInRecord("alice@contoso.example", addr, at.Add(2*time.Hour))); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.SessionKeysOf(ctx, "alice@contoso.example", at.Add(time.Hour)); err != nil || len(got) != 0 {
+			t.Errorf("after the replacement: %d keys, %v", len(got), err)
+		}
+	})
 }
 
 func TestSignIns(t *testing.T) {
@@ -492,9 +576,12 @@ func TestNothingInClear(t *testing.T) {
 	eachDurableBackend(t, func(t *testing.T, db database) {
 		ctx := testContext(t)
 		s := db.open(t, Keys{Current: testKey(t)})
+		// Stored as auth stores it: under its verifier, SHA-256 of its
+		// SHA-256; the SHA-256 itself would answer a MySQL scramble.
 		sessionKey := auth.SessionKeyPrefix + strings.Repeat("q", 20) + randomHex(16)
-		rec := signInRecord("alice@contoso.example", netip.MustParseAddr("192.0.2.10"), at.Add(time.Hour))
-		if err := s.PutSignIn(ctx, sha256.Sum256([]byte(sessionKey)), rec); err != nil {
+		h1 := sha256.Sum256([]byte(sessionKey))
+		rec := sessionKeyRecord("alice@contoso.example", netip.MustParseAddr("192.0.2.10"), at.Add(time.Hour))
+		if err := s.PutSignIn(ctx, sha256.Sum256(h1[:]), rec); err != nil {
 			t.Fatal(err)
 		}
 		sec := pendingSecret(t, alice)
@@ -514,6 +601,8 @@ func TestNothingInClear(t *testing.T) {
 		forbidden := map[string][]byte{
 			"the session key":                       []byte(sessionKey),
 			"the session key's random part":         []byte(sessionKey[len(auth.SessionKeyPrefix):]),
+			"the session key's SHA-256":             h1[:],
+			"the session key's SHA-256 in hex":      []byte(hex.EncodeToString(h1[:])),
 			"the TOTP secret":                       sec.Key,
 			"the TOTP secret in hex":                []byte(hex.EncodeToString(sec.Key)),
 			"the TOTP secret in base32":             []byte(b32),
@@ -578,35 +667,90 @@ func TestMigrations(t *testing.T) {
 }
 
 // TestUpgrade: a database made by an older portcullis, with data in it,
-// is brought up to date without losing the data.
+// is brought up to date without losing the data: from the first schema,
+// and from the one before the latest.
 func TestUpgrade(t *testing.T) {
-	eachDurableBackend(t, func(t *testing.T, db database) {
-		ctx := testContext(t)
-		old, err := db.connectAt(ctx, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := auth.KeyHash(sha256.Sum256([]byte("from before")))
-		rec := signInRecord("alice@contoso.example", netip.MustParseAddr("192.0.2.10"), at.Add(time.Hour))
-		if err := old.PutSignIn(ctx, h, rec); err != nil {
-			t.Fatal(err)
-		}
-		if got := appliedVersions(t, old); !slices.Equal(got, []int{1}) {
-			t.Fatalf("the old schema = %v", got)
-		}
-		old.Close()
+	for _, from := range []int{len(sqliteMigrations) - 1, 1} {
+		t.Run(fmt.Sprintf("from version %d", from), func(t *testing.T) {
+			eachDurableBackend(t, func(t *testing.T, db database) {
+				testUpgradeFrom(t, db, from)
+			})
+		})
+	}
+}
 
-		s := db.open(t, Keys{})
-		if got := appliedVersions(t, s); len(got) != len(db.migrations) {
-			t.Errorf("after the upgrade, schema_migrations = %v", got)
-		}
+func testUpgradeFrom(t *testing.T, db database, from int) {
+	ctx := testContext(t)
+	old, err := db.connectAt(ctx, from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := appliedVersions(t, old); len(got) != from || got[from-1] != from {
+		t.Fatalf("the old schema = %v", got)
+	}
+	// What portcullis wrote before verifiers: a session key under the
+	// SHA-256 of its text, and an address-grace record.
+	key := auth.KeyHash(sha256.Sum256([]byte("pcx_from before " + randomHex(8))))
+	grace := auth.KeyHash(sha256.Sum256([]byte("address-grace from before " + randomHex(8))))
+	rec := signInRecord("alice@contoso.example", netip.MustParseAddr("192.0.2.10"), at.Add(time.Hour))
+	putSignInAsVersion1(t, old, key, rec)
+	putSignInAsVersion1(t, old, grace, rec)
+	old.Close()
+
+	s := db.open(t, Keys{})
+	if got := appliedVersions(t, s); len(got) != len(db.migrations) {
+		t.Errorf("after the upgrade, schema_migrations = %v", got)
+	}
+	for _, h := range []auth.KeyHash{key, grace} {
 		if got, ok, err := s.GetSignIn(ctx, h); err != nil || !ok || !sameRecord(got, rec) {
-			t.Errorf("the old sign-in after the upgrade: %v, %v", ok, err)
+			t.Errorf("a sign-in from before the upgrade: %+v, %v, %v", got, ok, err)
 		}
-		if err := s.PutPendingSignIn(ctx, h, auth.PendingSignIn{ExpiresAt: at}); err != nil {
+	}
+	// Neither is reachable by a scramble.
+	if got, err := s.SessionKeysOf(ctx, "alice@contoso.example", at); err != nil || len(got) != 0 {
+		t.Errorf("rows from before the upgrade are listed: %d, %v", len(got), err)
+	}
+	// New keys are.
+	v := auth.KeyHash(sha256.Sum256([]byte("a verifier")))
+	if err := s.PutSignIn(ctx, v, sessionKeyRecord("alice@contoso.example", netip.Addr{}, at.Add(time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.SessionKeysOf(ctx, "alice@contoso.example", at); err != nil || len(got) != 1 || got[0].Verifier != v {
+		t.Errorf("a key stored after the upgrade: %d listed, %v", len(got), err)
+	}
+	if from < 2 {
+		if err := s.PutPendingSignIn(ctx, key, auth.PendingSignIn{ExpiresAt: at}); err != nil {
 			t.Errorf("the new table: %v", err)
 		}
-	})
+	}
+}
+
+// putSignInAsVersion1 writes a sign-in as portcullis did before
+// migration 4, into the columns of migration 1.
+func putSignInAsVersion1(t *testing.T, s Store, h auth.KeyHash, rec auth.SignInRecord) {
+	t.Helper()
+	ctx := testContext(t)
+	r := toRow(rec)
+	var err error
+	switch s := s.(type) {
+	case *SQLite:
+		_, err = s.db.ExecContext(ctx, `INSERT INTO sign_ins (key_hash, provider, kind, tenant_id, object_id, upn, app_id,
+				display_name, login_name, client_addr, signed_in_at, expires_at, home_account_id)
+			VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)`,
+			h[:], r.provider, r.kind, r.tenantID, r.objectID, r.upn, r.appID, r.displayName, r.loginName,
+			r.clientAddr, micros(r.signedInAt), micros(r.expiresAt), r.homeAccountID)
+	case *Postgres:
+		_, err = s.pool.Exec(ctx, `INSERT INTO sign_ins (key_hash, provider, kind, tenant_id, object_id, upn, app_id,
+				display_name, login_name, client_addr, signed_in_at, expires_at, home_account_id)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+			h[:], r.provider, r.kind, r.tenantID, r.objectID, r.upn, r.appID, r.displayName, r.loginName,
+			r.clientAddr, r.signedInAt, r.expiresAt, r.homeAccountID)
+	default:
+		t.Fatalf("a %T has no old schema", s)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 func appliedVersions(t *testing.T, s Store) []int {
