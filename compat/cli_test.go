@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/portcullisdb/portcullis/auth"
 )
 
 // cliRun is one run of psql or pgbench against portcullis.
@@ -238,6 +240,44 @@ func (c *cliCtx) keyFromElsewhere(t *testing.T, ctx context.Context) {
 	c.key = key
 }
 
+// libpqRefusal explains how libpq's command-line clients show a wrong
+// TOTP code.
+const libpqRefusal = "libpq shows a refused connection's FATAL message (that the TOTP code is wrong) without its SQLSTATE (28P01)."
+
+// totp measures TOTP for a command-line client. run runs it against the
+// resource that requires TOTP with a password, got judges a run with a
+// good code, and refusal is what the client must show for a wrong one.
+func (c *cliCtx) totp(ctx context.Context, run func(password string) (*cliRun, error), got func(*cliRun, error) outcome, refusal string) outcome {
+	app, err := c.s.enrolTOTP(ctx, c.user)
+	if err != nil {
+		return failed("%v", err)
+	}
+	code, err := app.code()
+	if err != nil {
+		return failed("%v", err)
+	}
+	if o := got(run(withCode(c.key, code))); o.status != statusPass {
+		return o
+	}
+	wrong, err := app.wrongCode()
+	if err != nil {
+		return failed("%v", err)
+	}
+	before := c.s.totpRefusals(c.user, auth.TOTPWrongCode)
+	r, err := run(withCode(c.key, wrong))
+	if err != nil {
+		return failed("%v", err)
+	}
+	shown := r.stderr.String() + r.out()
+	if o := c.s.wrongCodeRefused(c.user, before, r.err == nil, shown); o.status != statusPass {
+		return o
+	}
+	if !strings.Contains(shown, refusal) {
+		return failed("the client does not show %q: %s", refusal, firstLine(redact(shown)))
+	}
+	return pass("")
+}
+
 // checkRows checks rows printed one per line, columns separated by sep.
 func checkRows(out, sep string) outcome {
 	sum := newRowSum()
@@ -257,7 +297,7 @@ func psqlClient() compatClient {
 func measurePsql(t *testing.T, ctx context.Context, c *cliCtx) map[string]outcome {
 	psql := []string{"-X", "-A", "-t", "-q", "-v", "VERBOSITY=verbose"}
 	args := func(more ...string) []string { return append(append([]string{}, psql...), more...) }
-	res := map[string]outcome{featTOTP.key: notApplicable(totpNotYet)}
+	res := map[string]outcome{}
 	dl := c.dl
 
 	o, _ := c.signIn(ctx, args("-c", dl.currentUser)...)
@@ -279,6 +319,16 @@ func measurePsql(t *testing.T, ctx context.Context, c *cliCtx) map[string]outcom
 
 	r, err := c.withKey(ctx, "", args("-c", dl.currentUser)...)
 	res[featSessionKey.key] = check(r, err, dl.wantUser)
+
+	res[featTOTP.key] = c.totp(ctx,
+		func(password string) (*cliRun, error) {
+			return runCLI(ctx, c.bin, c.s.cliEnv(c.user, password, "PGDATABASE="+dl.totpResource), "", nil, args("-c", dl.currentUser)...)
+		},
+		func(r *cliRun, err error) outcome { return check(r, err, dl.wantUser) },
+		"FATAL:  "+wrongCodeText(c.user))
+	if res[featTOTP.key].status == statusPass {
+		res[featTOTP.key] = pass(libpqRefusal)
+	}
 
 	res[featRows.key] = func() outcome {
 		r, err := c.withKey(ctx, "", args("-c", dl.rowsSQL)...)
@@ -370,7 +420,6 @@ func pgbenchClient() compatClient {
 
 func measurePgbench(t *testing.T, ctx context.Context, c *cliCtx) map[string]outcome {
 	res := map[string]outcome{
-		featTOTP.key: notApplicable(totpNotYet),
 		featRows.key: notApplicable("pgbench discards the rows its statements return, so it cannot count or checksum them."),
 		featCancel.key: notApplicable("pgbench has no way to cancel a statement: SIGINT ends it without a CancelRequest and the statement runs on " +
 			"at the server, the same when pgbench connects to PostgreSQL directly."),
@@ -407,6 +456,34 @@ func measurePgbench(t *testing.T, ctx context.Context, c *cliCtx) map[string]out
 
 	r, err := c.withKey(ctx, "", bench(whoami)...)
 	res[featSessionKey.key] = ran(r, err)
+
+	res[featTOTP.key] = func() outcome {
+		app, err := c.s.enrolTOTP(ctx, c.user)
+		if err != nil {
+			return failed("%v", err)
+		}
+		code, err := app.code()
+		if err != nil {
+			return failed("%v", err)
+		}
+		// Each connection pgbench opens presents the same code, and a code
+		// is good once: whether the first got in and the second was
+		// refused for reusing it is read from portcullis's audit log.
+		admitted, reused := c.s.admitted(c.user, c.dl.totpResource), c.s.totpRefusals(c.user, auth.TOTPReusedCode)
+		r, err := runCLI(ctx, c.bin, c.s.cliEnv(c.user, withCode(c.key, code), "PGDATABASE="+c.dl.totpResource), "", nil, bench(whoami)...)
+		if o := ran(r, err); o.status == statusPass || err != nil {
+			return o
+		}
+		admitted, reused = c.s.admitted(c.user, c.dl.totpResource)-admitted, c.s.totpRefusals(c.user, auth.TOTPReusedCode)-reused
+		stderr := r.stderr.String()
+		if admitted != 1 || reused != 1 || !strings.Contains(stderr, "FATAL:  "+reusedCodeText(c.user)) {
+			return failed("%d connection(s) got in and %d were refused a reused code: %s", admitted, reused, firstLine(redact(stderr)))
+		}
+		return notApplicable("pgbench opens a connection of its own and then one per client, all with the one password it was given, and a TOTP code is good " +
+			"only once (replay protection): measured with -c 1, the first connection gets in with `<session key>:<code>` and the second is refused " +
+			"(\"the TOTP code ... was already used\"). Neither address grace nor a session key helps: a resource that requires TOTP asks every " +
+			"connection for a code of its own. Benchmark a resource that does not require TOTP.")
+	}()
 
 	res[featPrepared.key] = func() outcome {
 		marker := "pb_" + randomHex(6)

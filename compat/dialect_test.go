@@ -19,13 +19,18 @@ const (
 
 // dialect is what the features run, and expect, on one protocol.
 type dialect struct {
-	section  string
-	resource string // the resource (database name) clients connect to
-	port     int    // portcullis's listener for the protocol
+	section      string
+	resource     string // the resource (database name) clients connect to
+	totpResource string // the resource that requires TOTP
+	port         int    // portcullis's listener for the protocol
 
 	currentUser string // a query answering the backend login
 	wantUser    string // its answer for the mapped backend login
 	signInCode  string // the error code of an error-mode prompt
+	// wrongCodeCode is the error code of a wrong TOTP code: PostgreSQL's
+	// invalid_password, as the server itself answers a wrong password,
+	// and MySQL's access denied.
+	wrongCodeCode string
 
 	rowsSQL string // rowCount rows whose checksum is rowsWant
 
@@ -62,8 +67,8 @@ const (
 
 func postgresDialect(s *suite) *dialect {
 	return &dialect{
-		section: sectionPostgres, resource: resourcePostgres, port: s.pgPort,
-		currentUser: "select current_user", wantUser: s.role.Name, signInCode: "28000",
+		section: sectionPostgres, resource: resourcePostgres, totpResource: resourcePostgresTOTP, port: s.pgPort,
+		currentUser: "select current_user", wantUser: s.role.Name, signInCode: "28000", wrongCodeCode: "28P01",
 		rowsSQL:      "select g, md5(g::text) from generate_series(1, 10000) as g order by g",
 		preparedSQL:  "select $1::int * 2",
 		preparedSeen: "select count(*) from pg_prepared_statements",
@@ -76,8 +81,8 @@ func postgresDialect(s *suite) *dialect {
 
 func mysqlDialect(s *suite) *dialect {
 	return &dialect{
-		section: sectionMySQL, resource: resourceMySQL, port: s.myPort,
-		currentUser: "select current_user()", wantUser: s.myUser.Name + "@%", signInCode: "1045",
+		section: sectionMySQL, resource: resourceMySQL, totpResource: resourceMySQLTOTP, port: s.myPort,
+		currentUser: "select current_user()", wantUser: s.myUser.Name + "@%", signInCode: "1045", wrongCodeCode: "1045",
 		rowsSQL:     "select seq, md5(seq) from seq_1_to_10000 order by seq",
 		preparedSQL: "select ? * 2",
 		// Protocol-level and SQL-level prepares of this session.

@@ -2,7 +2,8 @@
 // API: its tests start real PostgreSQL and MariaDB servers
 // (internal/testpg and internal/testmysql, with TLS), the Entra ID
 // simulator (auth/entrasim) and portcullis itself with the real identity
-// core (auth.Authorizer) and both front doors, then drive real clients
+// core (auth.Authorizer), its TOTP checker on a SQLite state store, and
+// both front doors, then drive real clients
 // through portcullis feature by feature and record pass, fail or not
 // applicable, with the reason, in docs/compatibility.md.
 //
@@ -25,7 +26,9 @@
 // The features are the same for every client: sign-in (the device-code
 // prompt where the client can show it while it connects — a PostgreSQL
 // notice, a MariaDB dialog question — else as an error followed by a
-// reconnect), reconnecting with the session key, TOTP, a query of 10,000
+// reconnect), reconnecting with the session key, TOTP (the session key
+// and a code from the person's authenticator app, to a resource that
+// requires it; every client's user is enrolled first), a query of 10,000
 // rows (count and checksum), prepared statements, a transaction rolled
 // back, cancelling a running statement with the client's own mechanism, a
 // backend syntax error arriving intact with its SQLSTATE or MySQL error

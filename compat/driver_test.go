@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/portcullisdb/portcullis/auth"
 )
 
 // driver is a client library driven one step at a time over one
@@ -69,6 +71,9 @@ type driverClient struct {
 	// cannot do at all, na says why.
 	notes map[string]string
 	na    map[string]string
+	// uncodedRefusal, when set, says why the client reports a refused
+	// connection with the server's message but without its code.
+	uncodedRefusal string
 }
 
 // run measures every feature of c into res.
@@ -103,12 +108,11 @@ func (c driverClient) run(t *testing.T, s *suite, res *results) {
 		r.key, r.keyFromElsewhere = key, true
 	}
 	set(featSessionKey, c.note(featSessionKey, r.sessionKey(ctx)))
-	set(featTOTP, notApplicable(totpNotYet))
 	for _, f := range []struct {
 		feature
 		measure func(context.Context) outcome
 	}{
-		{featRows, r.rows}, {featPrepared, r.prepared}, {featRollback, r.rollback},
+		{featTOTP, r.totp}, {featRows, r.rows}, {featPrepared, r.prepared}, {featRollback, r.rollback},
 		{featCancel, r.cancel}, {featError, r.backendError}, {featTLS, r.tls},
 	} {
 		if why, ok := c.na[f.key]; ok {
@@ -137,10 +141,6 @@ func redact(s string) string {
 	s = codeRE.ReplaceAllString(s, "enter the code [code]")
 	return sessionKeyRE.ReplaceAllString(s, "session key as your password: [key]")
 }
-
-// totpNotYet is the TOTP cell until the PostgreSQL front door asks for
-// TOTP codes.
-const totpNotYet = "not yet applicable: TOTP lands with issue 5"
 
 type driverRun struct {
 	c    driverClient
@@ -297,6 +297,54 @@ func (r *driverRun) open(ctx context.Context) error {
 		return fmt.Errorf("connect with the session key: %s", redact(err.Error()))
 	}
 	return nil
+}
+
+// totp enrols the client's user, connects to the resource that requires
+// TOTP with the session key and a code from the person's app, and then
+// with a wrong code, which must be refused.
+func (r *driverRun) totp(ctx context.Context) outcome {
+	app, err := r.s.enrolTOTP(ctx, r.user)
+	if err != nil {
+		return failed("%v", err)
+	}
+	code, err := app.code()
+	if err != nil {
+		return failed("%v", err)
+	}
+	p := r.params(withCode(r.key, code), nil)
+	p.resource = r.dl.totpResource
+	if err := r.d.connect(ctx, p); err != nil {
+		return failed("connect with `<session key>:<code>`: %s", redact(err.Error()))
+	}
+	if o := r.isMappedRole(ctx); o.status != statusPass {
+		return o
+	}
+
+	wrong, err := app.wrongCode()
+	if err != nil {
+		return failed("%v", err)
+	}
+	p.password = withCode(r.key, wrong)
+	before := r.s.totpRefusals(r.user, auth.TOTPWrongCode)
+	err = r.d.connect(ctx, p)
+	shown := ""
+	if err != nil {
+		shown = err.Error()
+	}
+	if o := r.s.wrongCodeRefused(r.user, before, err == nil, shown); o.status != statusPass {
+		return o
+	}
+	if !strings.Contains(shown, wrongCodeText(r.user)) {
+		return failed("the wrong code's refusal does not say why: %s", redact(shown))
+	}
+	switch got := errCode(err); {
+	case got == r.dl.wrongCodeCode:
+		return pass("")
+	case got == "" && r.c.uncodedRefusal != "":
+		return pass(r.c.uncodedRefusal)
+	default:
+		return failed("the wrong code was refused with %q, want %s: %s", got, r.dl.wrongCodeCode, redact(shown))
+	}
 }
 
 func (r *driverRun) rows(ctx context.Context) outcome {

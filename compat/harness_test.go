@@ -23,8 +23,10 @@ import (
 	"github.com/portcullisdb/portcullis/auth"
 	"github.com/portcullisdb/portcullis/auth/entrasim"
 	"github.com/portcullisdb/portcullis/config"
+	"github.com/portcullisdb/portcullis/internal/store"
 	"github.com/portcullisdb/portcullis/internal/testmysql"
 	"github.com/portcullisdb/portcullis/internal/testpg"
+	"github.com/portcullisdb/portcullis/mfa"
 	"github.com/portcullisdb/portcullis/proxy"
 	"github.com/portcullisdb/portcullis/proxy/mysql"
 	"github.com/portcullisdb/portcullis/proxy/postgres"
@@ -39,14 +41,17 @@ const (
 	groupAnalysts = "Analysts"
 )
 
-// The resources, one per protocol, in prompt: auto: on PostgreSQL notice
+// The resources, two per protocol, in prompt: auto: on PostgreSQL notice
 // mode, or error mode for clients portcullis knows hide notices while they
 // connect; on MySQL retry mode, or the dialog for the mariadb command
-// line. Both reach a database named backendDB.
+// line. Of each pair the second requires TOTP. All reach a database named
+// backendDB.
 const (
-	resourcePostgres = "compat"
-	resourceMySQL    = "compat_my"
-	backendDB        = "compat"
+	resourcePostgres     = "compat"
+	resourcePostgresTOTP = "compat_totp"
+	resourceMySQL        = "compat_my"
+	resourceMySQLTOTP    = "compat_my_totp"
+	backendDB            = "compat"
 )
 
 // signInPassword is what a person types when they have no session key:
@@ -78,6 +83,9 @@ type suite struct {
 	wrongCAFile string     // a CA that did not
 	clientCA    *testpg.CA // issues client certificates to clients that insist on one
 	logs        *observer.ObservedLogs
+	// totp checks the codes of the resources that require TOTP, on the
+	// state store; the suite enrols people through it.
+	totp *mfa.TOTP
 }
 
 // clients sign in as one user each, so that no sign-in stands in for
@@ -185,19 +193,29 @@ func startSuite(t *testing.T, slugs []string) *suite {
 		t.Fatal(err)
 	}
 
-	resource := func(name, protocol, addr, caFile, user, password string) config.Resource {
+	resource := func(name, protocol, addr, caFile, user, password string, requireTOTP bool) config.Resource {
 		return config.Resource{
 			Name: name, Protocol: protocol, Address: addr, Database: backendDB, Prompt: config.PromptAuto,
 			TLS:         config.BackendTLS{Mode: config.BackendTLSVerifyFull, CAFile: caFile},
 			AllowGroups: []string{groupAnalysts},
 			Credentials: []config.CredentialMapping{{Groups: []string{groupAnalysts}, User: user, Password: config.NewSecret(password)}},
+			RequireTOTP: requireTOTP,
 		}
 	}
-	resources := []config.Resource{resource(resourcePostgres, config.ProtocolPostgres, s.pg.Addr(), s.pg.CAFile, s.role.Name, s.role.Password)}
+	resources := []config.Resource{
+		resource(resourcePostgres, config.ProtocolPostgres, s.pg.Addr(), s.pg.CAFile, s.role.Name, s.role.Password, false),
+		resource(resourcePostgresTOTP, config.ProtocolPostgres, s.pg.Addr(), s.pg.CAFile, s.role.Name, s.role.Password, true),
+	}
 	listeners := []config.Listener{{Name: "pg", Protocol: config.ProtocolPostgres, TLS: config.ListenerTLSRequired, DefaultResource: resourcePostgres}}
 	if s.my != nil {
-		resources = append(resources, resource(resourceMySQL, config.ProtocolMySQL, s.my.Addr(), s.my.CAFile, s.myUser.Name, s.myUser.Password))
+		resources = append(resources,
+			resource(resourceMySQL, config.ProtocolMySQL, s.my.Addr(), s.my.CAFile, s.myUser.Name, s.myUser.Password, false),
+			resource(resourceMySQLTOTP, config.ProtocolMySQL, s.my.Addr(), s.my.CAFile, s.myUser.Name, s.myUser.Password, true))
 		listeners = append(listeners, config.Listener{Name: "mysql", Protocol: config.ProtocolMySQL, TLS: config.ListenerTLSRequired, DefaultResource: resourceMySQL})
+	}
+	storeKey, err := store.NewKey()
+	if err != nil {
+		t.Fatal(err)
 	}
 	noGrace := time.Duration(0)
 	cfg := &config.Config{
@@ -213,7 +231,8 @@ func startSuite(t *testing.T, slugs []string) *suite {
 		// connection's sign-in stand in for the next, so it is off, and a
 		// sign-in is reused only by its session key.
 		Sessions: config.Sessions{TTL: time.Hour, AddressGrace: &noGrace},
-		Store:    config.Store{Driver: "memory"},
+		// TOTP secrets need a durable store, sealed with a key.
+		Store: config.Store{Driver: config.StoreSQLite, Path: filepath.Join(dir, "portcullis.db"), Key: config.NewSecret(storeKey)},
 	}
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -225,7 +244,15 @@ func startSuite(t *testing.T, slugs []string) *suite {
 	log := zap.New(core)
 	hc := s.sim.HTTPClient()
 	t.Cleanup(hc.CloseIdleConnections)
-	authz, err := auth.New(cfg, auth.Deps{Logger: log, HTTPClients: map[string]*http.Client{providerName: hc}})
+	// The state store, opened as serve opens it, backs the TOTP checker
+	// only: sign-ins stay in the identity core's own memory.
+	st, err := store.Open(ctx, cfg.Store)
+	if err != nil {
+		t.Fatalf("open the state store: %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	s.totp = mfa.New(st, mfa.Options{MaxFailures: cfg.MFA.MaxFailures, FailureWindow: cfg.MFA.FailureWindow})
+	authz, err := auth.New(cfg, auth.Deps{Logger: log, HTTPClients: map[string]*http.Client{providerName: hc}, TOTP: s.totp})
 	if err != nil {
 		t.Fatal(err)
 	}

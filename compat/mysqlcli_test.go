@@ -43,10 +43,15 @@ func mariadbVersion(bin string) string {
 // verifying its certificate against caFile (--ssl-verify-server-cert:
 // chain and host name).
 func (c *cliCtx) mariadbArgs(password, caFile string, more ...string) []string {
+	return c.mariadbArgsFor(c.dl.resource, password, caFile, more...)
+}
+
+// mariadbArgsFor connects to resource.
+func (c *cliCtx) mariadbArgsFor(resource, password, caFile string, more ...string) []string {
 	return append([]string{"--no-defaults",
 		"-h", c.s.host, "-P", strconv.Itoa(c.dl.port), "-u", c.user, "--password=" + password,
 		"--ssl", "--ssl-ca=" + caFile, "--ssl-verify-server-cert", "--connect-timeout=30",
-		"-D", c.dl.resource, "-N", "-B"}, more...)
+		"-D", resource, "-N", "-B"}, more...)
 }
 
 func (c *cliCtx) mariadbEnv() []string {
@@ -142,7 +147,7 @@ func (d *dialogScreen) result() (out, code, key string, err error) {
 
 func measureMariaDBCLI(t *testing.T, ctx context.Context, c *cliCtx) map[string]outcome {
 	dl := c.dl
-	res := map[string]outcome{featTOTP.key: notApplicable(totpNotYet)}
+	res := map[string]outcome{}
 	run := func(stdin string, more ...string) (*cliRun, error) {
 		before := c.s.codesIssued(c.user)
 		r, err := runCLI(ctx, c.bin, c.mariadbEnv(), stdin, nil, c.mariadbArgs(c.key, c.s.caFile, more...)...)
@@ -169,6 +174,13 @@ func measureMariaDBCLI(t *testing.T, ctx context.Context, c *cliCtx) map[string]
 
 	r, err := run("", "-e", dl.currentUser)
 	res[featSessionKey.key] = check(r, err, dl.wantUser)
+
+	res[featTOTP.key] = c.totp(ctx,
+		func(password string) (*cliRun, error) {
+			return runCLI(ctx, c.bin, c.mariadbEnv(), "", nil, c.mariadbArgsFor(dl.totpResource, password, c.s.caFile, "-e", dl.currentUser)...)
+		},
+		func(r *cliRun, err error) outcome { return check(r, err, dl.wantUser) },
+		"ERROR "+dl.wrongCodeCode+" (28000): "+wrongCodeText(c.user))
 
 	res[featRows.key] = func() outcome {
 		r, err := run("", "-e", dl.rowsSQL)
@@ -340,13 +352,13 @@ end
 func measureSysbench(t *testing.T, ctx context.Context, c *cliCtx) map[string]outcome {
 	dl := c.dl
 	res := map[string]outcome{
-		featTOTP.key: notApplicable(totpNotYet),
 		featCancel.key: notApplicable("sysbench has no way to cancel a statement: SIGINT ends it without KILL QUERY, and the statement runs on " +
 			"at the server, the same when sysbench connects to MariaDB directly."),
 	}
 	goodDir := c.sysbenchDir(t, c.s.caFile)
 	n := 0
-	sysbench := func(password, dir, lua string) (*cliRun, error) {
+	// sysbenchOn runs lua with sysbench connected to resource.
+	sysbenchOn := func(resource, password, dir, lua string) (*cliRun, error) {
 		n++
 		script := filepath.Join(dir, fmt.Sprintf("compat%d.lua", n))
 		if err := os.WriteFile(script, []byte(sysbenchLua(lua)), 0o644); err != nil {
@@ -354,7 +366,7 @@ func measureSysbench(t *testing.T, ctx context.Context, c *cliCtx) map[string]ou
 		}
 		cmd := exec.CommandContext(ctx, c.bin, "--db-driver=mysql",
 			"--mysql-host="+c.s.host, "--mysql-port="+strconv.Itoa(dl.port), "--mysql-user="+c.user, "--mysql-password="+password,
-			"--mysql-db="+dl.resource, "--mysql-ssl=on", "--mysql-ignore-errors=none",
+			"--mysql-db="+resource, "--mysql-ssl=on", "--mysql-ignore-errors=none",
 			"--threads=1", "--events=1", "--time=0", script, "run")
 		cmd.Dir = dir
 		cmd.Env = procEnv()
@@ -364,6 +376,7 @@ func measureSysbench(t *testing.T, ctx context.Context, c *cliCtx) map[string]ou
 		close(r.done)
 		return r, nil
 	}
+	sysbench := func(password, dir, lua string) (*cliRun, error) { return sysbenchOn(dl.resource, password, dir, lua) }
 	// printed is what the script printed with prefix, one value a line.
 	printed := func(r *cliRun, prefix string) []string {
 		var out []string
@@ -426,6 +439,11 @@ func measureSysbench(t *testing.T, ctx context.Context, c *cliCtx) map[string]ou
 	} else if res[featSessionKey.key].status == statusPass {
 		res[featSessionKey.key] = pass("sysbench never shows the session key (in retry mode portcullis puts it in the OK packet's info, which sysbench does not print); a key from a sign-in with another client works.")
 	}
+
+	res[featTOTP.key] = c.totp(ctx,
+		func(password string) (*cliRun, error) { return sysbenchOn(dl.totpResource, password, goodDir, whoami) },
+		isMapped,
+		"error "+dl.wrongCodeCode+": "+wrongCodeText(c.user))
 
 	res[featRows.key] = func() outcome {
 		r, err := sysbench(c.key, goodDir, fmt.Sprintf(`  local rs = con:query("%s")

@@ -131,6 +131,7 @@ func psycopg2Client() driverClient {
 			featPrepared.key: "psycopg2 binds parameters on the client; prepared statements are SQL PREPARE and EXECUTE.",
 			featCancel.key:   "connection.cancel() from another thread.",
 		},
+		uncodedRefusal: "psycopg2 raises a refused connection as OperationalError with libpq's message: the FATAL (that the TOTP code is wrong) shows, its SQLSTATE (28P01) does not.",
 	}
 }
 
