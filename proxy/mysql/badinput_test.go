@@ -160,6 +160,22 @@ func catCases(h *harness, plain, aliceKey, bobKey string) []hostile.Case {
 			r.write(plainResponse)
 			catERR(t, r, gomysql.ER_ACCESS_DENIED_ERROR, "has TLS turned off")
 		}},
+		{Name: "a scramble that matches no key, without TLS", Run: func(t *testing.T) {
+			r := dialRaw(t, plain)
+			r.write(buildHandshakeResponse(rawCaps, aliceUPN, make([]byte, 32), "app", pluginCachingSHA2))
+			catERR(t, r, gomysql.ER_ACCESS_DENIED_ERROR, "only a valid session key")
+		}},
+		{Name: "bob's key scrambled as alice, without TLS", Run: func(t *testing.T) {
+			r := dialRaw(t, plain)
+			r.write(buildHandshakeResponse(rawCaps, aliceUPN, mysqlScramble(bobKey, r.nonce), "app", pluginCachingSHA2))
+			catERR(t, r, gomysql.ER_ACCESS_DENIED_ERROR, "only a valid session key")
+		}},
+		{Name: "alice's scramble replayed against another greeting", Run: func(t *testing.T) {
+			seen := dialRaw(t, plain)
+			r := dialRaw(t, plain)
+			r.write(buildHandshakeResponse(rawCaps, aliceUPN, mysqlScramble(aliceKey, seen.nonce), "app", pluginCachingSHA2))
+			catERR(t, r, gomysql.ER_ACCESS_DENIED_ERROR, "only a valid session key")
+		}},
 		{Name: "SSLRequest on a listener without TLS", Run: func(t *testing.T) {
 			r := dialRaw(t, plain)
 			r.write(sslRequest(rawCaps))

@@ -21,21 +21,38 @@
 //     right behind the request, as the server does not answer it). Every
 //     packet before the splice is checked: at most 64 KiB, sequence ids
 //     in order, every field within the packet; anything else is an ERR
-//     (1153, 1156, 1043) and a close. A client without TLS is refused with
-//     1045 telling it to connect with --ssl: portcullis only takes
-//     passwords in the clear, and only over TLS. (Secrets that a
-//     mysql_native_password scramble could prove, such as session keys,
-//     would need the store to keep a scramble-checkable hash; it keeps
-//     SHA-256 only.)
+//     (1153, 1156, 1043) and a close. portcullis takes passwords in the
+//     clear, and only over TLS. Without TLS, on a listener whose tls is
+//     optional or disabled, a client that answered with
+//     caching_sha2_password's fast-authentication scramble (32 bytes,
+//     against the greeting's 20-byte nonce) may prove a session key
+//     that way, and nothing else (step 4); any other client without TLS
+//     (another plugin, an empty password, or a listener that requires
+//     TLS) is refused with 1045 telling it to connect with --ssl.
 //  3. Resource. The database in the handshake names the resource; none
 //     means the listener's default_resource; an unknown one is 1049
 //     (42000). The backend database is the resource's.
 //  4. Password. A client on caching_sha2_password is told to perform full
 //     authentication and sends the password in the clear over TLS, which
-//     stock clients do without any cleartext option. A client that
-//     answered with another plugin is switched to mysql_clear_password
-//     (AskCleartext does that for everyone, greeting with
-//     mysql_native_password).
+//     stock clients do without any cleartext option. A client that answered
+//     with another plugin is switched to mysql_clear_password (AskCleartext
+//     does that for everyone, greeting with mysql_native_password, so its
+//     clients have no scramble to offer without TLS). Without TLS there is
+//     no password: the scramble goes to auth (Request.Scramble), which
+//     checks it, in constant time, against the login's live session keys,
+//     stored under SHA-256(SHA-256(key)), the very verifier a MySQL server
+//     keeps; keys stored by an older portcullis under SHA-256(key) are never
+//     tried. The rest of the decision is a typed key's: expiry, the identity
+//     matching the login, groups, the resource's policy, backend
+//     credentials. A yes is answered with fast_auth_success (AuthMoreData
+//     3), then step 6. A scramble that matches no key is 1045 (28000),
+//     saying to connect with --ssl and that without TLS only a valid session
+//     key is accepted. No sign-in is ever started without TLS (step 5's
+//     prompts, retry and dialog alike, are TLS only), and a resource with
+//     require_totp is refused with 1045 saying to use TLS: a scramble
+//     carries no code. The key never crosses the network; the session's
+//     traffic does, in the clear, and someone on the path could take the
+//     connection over once it is logged in: docs/security.md.
 //  5. Decision. Retry mode (most clients): a device-code prompt is an ERR
 //     1045 (28000) whose message holds the verification URL and code;
 //     auth keeps polling and a reconnect by the same user from the same
@@ -99,7 +116,8 @@
 // the exchange in flight; the backend gets COM_QUIT, and its running
 // query is killed.
 //
-// Refusals: 1045 (28000) for a bad key or token, a pending, declined or
+// Refusals: 1045 (28000) for a bad key or token (without TLS: a
+// scramble that matches no session key), a pending, declined or
 // mismatched sign-in, a disabled account, or a TOTP code missing, wrong,
 // reused or locked out; 1044 (42000) for someone not
 // allowed on the resource; 1049 (42000) for an unknown resource; 1105

@@ -120,12 +120,10 @@ func (fe *frontend) readHandshake() error {
 	}
 	fe.hs = hs
 	fe.caps = hs.caps & fe.offered
-	if !fe.tls {
-		msg := "portcullis accepts passwords only over TLS: connect with --ssl (ssl-mode=REQUIRED, or tls=true in a connection string)"
-		if fe.offered&gomysql.CLIENT_SSL == 0 {
-			msg = "portcullis accepts passwords only over TLS, and this listener has TLS turned off; ask an operator to turn it on"
-		}
-		return &refusal{code: gomysql.ER_ACCESS_DENIED_ERROR, state: stateAccessDenied, message: msg, reason: "tls_required"}
+	if !fe.tls && !fe.canScramble() {
+		r := fe.tlsRequired(false)
+		r.reason = "tls_required"
+		return r
 	}
 	if hs.user == "" {
 		return &refusal{code: gomysql.ER_ACCESS_DENIED_ERROR, state: stateAccessDenied, message: "no user name in the handshake", reason: "bad_handshake"}

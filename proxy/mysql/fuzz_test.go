@@ -35,17 +35,30 @@ import (
 // Its authorizer refuses every password and hands back what it was given
 // (the real identity core would start a device-code sign-in with Entra
 // for most inputs); for a client that can show a dialog it first shows a
-// made-up sign-in prompt, so the dialog plugin's answer is read.
+// made-up sign-in prompt, so the dialog plugin's answer is read. A
+// scramble (a client without TLS proving a session key) is handed back
+// apart from passwords.
 type fuzzServer struct {
 	srv       *proxy.Server
 	socket    map[string]string // TLS setting → socket path
 	clientTLS *tls.Config
 	passwords chan string
+	scrambles chan []byte
 }
 
-type fuzzAuthorizer struct{ passwords chan<- string }
+type fuzzAuthorizer struct {
+	passwords chan<- string
+	scrambles chan<- []byte
+}
 
 func (a fuzzAuthorizer) Decide(_ context.Context, req auth.Request) (*auth.Decision, error) {
+	if req.Scramble != nil {
+		select {
+		case a.scrambles <- req.Scramble.Response:
+		default:
+		}
+		return nil, &auth.Refusal{Reason: auth.ReasonBadCredentials, Message: "no session key matches", Err: errors.New("fuzz authorizer refuses everything")}
+	}
 	select {
 	case a.passwords <- req.Password:
 	default:
@@ -96,9 +109,9 @@ func newFuzzServer(f *testing.F) *fuzzServer {
 		// wait for this bound.
 		Proxy: config.Proxy{HandshakeTimeout: fuzzWait},
 	}
-	passwords := make(chan string, 1)
+	passwords, scrambles := make(chan string, 1), make(chan []byte, 1)
 	srv, err := proxy.New(cfg, proxy.Deps{
-		Authorizer: fuzzAuthorizer{passwords: passwords},
+		Authorizer: fuzzAuthorizer{passwords: passwords, scrambles: scrambles},
 		Protocols:  []proxy.Protocol{New()},
 		TLS:        &tls.Config{Certificates: []tls.Certificate{cert}},
 	})
@@ -110,6 +123,7 @@ func newFuzzServer(f *testing.F) *fuzzServer {
 		socket:    map[string]string{},
 		clientTLS: &tls.Config{RootCAs: ca.Pool, ServerName: "localhost"},
 		passwords: passwords,
+		scrambles: scrambles,
 	}
 	dir := f.TempDir()
 	var served sync.WaitGroup
@@ -290,6 +304,16 @@ func (fs *fuzzServer) checkClosed(t *testing.T) (password string, decided bool) 
 		return p, true
 	default:
 		return "", false
+	}
+}
+
+// takeScramble takes the scramble that reached the authorizer, if any.
+func (fs *fuzzServer) takeScramble() (response []byte, decided bool) {
+	select {
+	case r := <-fs.scrambles:
+		return r, true
+	default:
+		return nil, false
 	}
 }
 
@@ -492,13 +516,21 @@ func FuzzDialogReply(f *testing.F) {
 // 1); an SSLRequest starts TLS where the listener offers it (whatever
 // follows is TLS, and the garbage the fuzzer sends there fails it) and is
 // refused (1043) where it does not; any other whole packet is refused
-// (1043, 1251, or 1045 because it came in the clear). No password ever
-// reaches the authorizer without TLS.
+// (1043, 1251, or 1045 because it came in the clear), except that where
+// TLS is optional or off a caching_sha2_password response with a 32-byte
+// scramble, a user name and a known database (else 1049) reaches the
+// authorizer as that scramble (refused: 1045). No password ever reaches
+// the authorizer without TLS.
 func FuzzHandshakeResponse(f *testing.F) {
 	f.Add(uint8(0), appendPacket(nil, 1, buildHandshakeResponse(fuzzCaps&^gomysql.CLIENT_SSL, aliceUPN, []byte("x"), fuzzResource, pluginCachingSHA2)))
 	f.Add(uint8(1), appendPacket(nil, 1, sslRequest(fuzzCaps)))
 	f.Add(uint8(2), appendPacket(nil, 1, sslRequest(fuzzCaps)))
 	f.Add(uint8(1), append(appendPacket(nil, 1, sslRequest(fuzzCaps)), 0x16, 0x03, 0x01, 0x00, 0x05, 1, 0, 0, 1, 0))
+	for listener := range uint8(3) {
+		f.Add(listener, appendPacket(nil, 1, buildHandshakeResponse(fuzzCaps&^gomysql.CLIENT_SSL, aliceUPN, bytes.Repeat([]byte{5}, 32), fuzzResource, pluginCachingSHA2)))
+	}
+	f.Add(uint8(1), appendPacket(nil, 1, buildHandshakeResponse(fuzzCaps&^gomysql.CLIENT_SSL, aliceUPN, bytes.Repeat([]byte{5}, 32), "nowhere", pluginCachingSHA2)))
+	f.Add(uint8(2), appendPacket(nil, 1, buildHandshakeResponse(fuzzCaps&^gomysql.CLIENT_SSL, "", bytes.Repeat([]byte{5}, 32), fuzzResource, pluginCachingSHA2)))
 	f.Add(uint8(0), appendPacket(nil, 1, make([]byte, 40)))
 	f.Add(uint8(0), appendPacket(nil, 0, make([]byte, 40)))
 	f.Add(uint8(1), []byte("GET / HTTP/1.1\r\n\r\n"))
@@ -511,6 +543,8 @@ func FuzzHandshakeResponse(f *testing.F) {
 		if _, decided := fs.checkClosed(t); decided {
 			t.Fatal("a password reached the authorizer without TLS")
 		}
+		scramble, scrambled := fs.takeScramble()
+		var wantScramble []byte
 		code, payload, whole := replyModel(data, 1)
 		if whole && isSSLRequest(payload) {
 			if setting != config.ListenerTLSDisabled {
@@ -522,11 +556,21 @@ func FuzzHandshakeResponse(f *testing.F) {
 		} else if whole {
 			code = gomysql.ER_ACCESS_DENIED_ERROR
 			var r *refusal
-			if _, err := parseHandshakeResponse(payload); errors.As(err, &r) {
+			hs, err := parseHandshakeResponse(payload)
+			switch {
+			case errors.As(err, &r):
 				code = r.code
-			} else if err != nil {
+			case err != nil:
 				t.Fatalf("the handshake parser failed with %v, not a refusal", err)
+			case setting == config.ListenerTLSRequired || hs.plugin != pluginCachingSHA2 || len(hs.auth) != 32 || hs.user == "":
+			case hs.database != "" && hs.database != fuzzResource && hs.database != fuzzDialogResource:
+				code = gomysql.ER_BAD_DB_ERROR
+			default:
+				wantScramble = hs.auth
 			}
+		}
+		if scrambled != (wantScramble != nil) || !bytes.Equal(scramble, wantScramble) {
+			t.Fatalf("the authorizer got the scramble %x (asked: %v), want %x", scramble, scrambled, wantScramble)
 		}
 		got := parseAnswer(t, raw)
 		switch {

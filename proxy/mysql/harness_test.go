@@ -27,6 +27,7 @@ import (
 	"github.com/portcullisdb/portcullis/auth"
 	"github.com/portcullisdb/portcullis/auth/entrasim"
 	"github.com/portcullisdb/portcullis/config"
+	"github.com/portcullisdb/portcullis/internal/store"
 	"github.com/portcullisdb/portcullis/internal/testmysql"
 	"github.com/portcullisdb/portcullis/internal/testpg"
 	"github.com/portcullisdb/portcullis/mfa"
@@ -114,6 +115,7 @@ type harness struct {
 	logs   *observer.ObservedLogs
 	http   *http.Client // the identity core's, to Entra ID and Graph
 	totp   *mfa.TOTP    // with harnessOptions.totp: the identity core's
+	store  store.Store  // with harnessOptions.totp: the identity core's
 }
 
 type harnessOptions struct {
@@ -199,7 +201,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 		vault.RequireTOTP = true
 		h.cfg.Resources = append(h.cfg.Resources, vault)
 		st := sqliteStore(t)
-		h.totp = mfa.New(st, mfa.Options{})
+		h.totp, h.store = mfa.New(st, mfa.Options{}), st
 		deps.Sessions, deps.TOTP = st, h.totp
 	}
 	az, err := auth.New(h.cfg, deps)

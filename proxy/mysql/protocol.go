@@ -92,23 +92,16 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		return fe.fail(ctx, err)
 	}
 
-	// 2. The password, in the clear over TLS.
-	password, err := fe.password()
-	if err != nil {
-		return fe.fail(ctx, err)
-	}
-
-	// 3. Who is it, and may they? This may prompt and wait, and may ask
-	// for a TOTP code: in a dialog where the client has one, else in an
-	// ERR, and the code comes with the next connection.
-	dec, err := fe.decide(ctx, res, password)
-	var need *auth.TOTPRequired
-	if errors.As(err, &need) && ctx.Err() == nil {
-		if fe.canAskTOTP(res) {
-			dec, err = fe.askForTOTP(ctx, res, password, need)
-		} else {
-			err = &totpAnswer{need: need, reconnect: reconnectWith(need, password)}
-		}
+	// 2 and 3. Who is it, and may they? Without TLS, only a session key
+	// proven by caching_sha2_password's scramble. Over TLS, the password
+	// in the clear; the decision may prompt and wait, and may ask for a
+	// TOTP code: in a dialog where the client has one, else in an ERR,
+	// and the code comes with the next connection.
+	var dec *auth.Decision
+	if fe.tls {
+		dec, err = fe.decideOverTLS(ctx, res)
+	} else {
+		dec, err = fe.decideByScramble(ctx, res)
 	}
 	if err != nil {
 		return fe.fail(ctx, err)
@@ -145,6 +138,24 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		Goodbye:   goodbye(&last),
 		Terminate: terminate,
 	})
+}
+
+// decideOverTLS takes the password in the clear over TLS and decides on
+// it, asking for a TOTP code where the resource needs one.
+func (fe *frontend) decideOverTLS(ctx context.Context, res config.Resource) (*auth.Decision, error) {
+	password, err := fe.password()
+	if err != nil {
+		return nil, err
+	}
+	dec, err := fe.decide(ctx, res, password)
+	var need *auth.TOTPRequired
+	if errors.As(err, &need) && ctx.Err() == nil {
+		if fe.canAskTOTP(res) {
+			return fe.askForTOTP(ctx, res, password, need)
+		}
+		return nil, &totpAnswer{need: need, reconnect: reconnectWith(need, password)}
+	}
+	return dec, err
 }
 
 // sessions are the connection ids portcullis has handed out in

@@ -31,6 +31,7 @@ type rawClient struct {
 	connID uint32
 	caps   uint32
 	plugin string
+	nonce  []byte // the greeting's 20-byte scramble
 }
 
 func dialRaw(t testing.TB, addr string) *rawClient {
@@ -52,16 +53,18 @@ func dialRaw(t testing.TB, addr string) *rawClient {
 	rd := reader{b: g[1:]}
 	rd.nulString()
 	r.connID = binary.LittleEndian.Uint32(rd.bytes(4))
-	rd.bytes(9)
+	part1 := rd.bytes(9)
 	lo := binary.LittleEndian.Uint16(rd.bytes(2))
 	rd.bytes(3)
 	hi := binary.LittleEndian.Uint16(rd.bytes(2))
-	rd.bytes(1 + 10 + 13)
+	rd.bytes(1 + 10)
+	part2 := rd.bytes(13)
 	r.caps = uint32(lo) | uint32(hi)<<16
 	r.plugin = rd.nulString()
 	if rd.err != nil {
 		t.Fatalf("greeting: %v", rd.err)
 	}
+	r.nonce = append(append([]byte(nil), part1[:8]...), part2[:12]...)
 	return r
 }
 
