@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
 
@@ -144,6 +145,39 @@ func TestDisabledAccountEndsReuse(t *testing.T) {
 		dir.UserByName(aliceUPN).Enabled = &off
 	})
 	_, err := e.a.Decide(testContext(t), noPromptRequest(t, aliceUPN, d.SessionKey, aliceAddr))
+	wantRefusal(t, err, ReasonDisabled)
+}
+
+// TestAccountStateRemembered: a pool reconnecting with a session key
+// costs Graph one account lookup per group_cache_ttl, not one per
+// connection; a recheck of an open session still reads the account
+// afresh, so disabling someone ends their sessions at the next recheck.
+func TestAccountStateRemembered(t *testing.T) {
+	e := newEnv(t, withConfig(func(c *config.Config) { c.Providers[0].GroupCacheTTL = time.Hour }))
+	d := e.signIn(t, aliceUPN, "sales", aliceAddr)
+	first, err := e.a.Decide(testContext(t), noPromptRequest(t, aliceUPN, d.SessionKey, aliceAddr))
+	if err != nil {
+		t.Fatalf("key: %v", err)
+	}
+	before := e.sim.Requests(entrasim.EndpointGraph)
+	const pool = 20
+	for range pool {
+		if _, err := e.a.Decide(testContext(t), noPromptRequest(t, aliceUPN, d.SessionKey, aliceAddr)); err != nil {
+			t.Fatalf("key: %v", err)
+		}
+	}
+	if got := e.sim.Requests(entrasim.EndpointGraph) - before; got != 0 {
+		t.Errorf("%d reconnections within the TTL cost %d Graph requests, want 0", pool, got)
+	}
+
+	e.sim.Directory(func(dir *entrasim.Directory) {
+		off := false
+		dir.UserByName(aliceUPN).Enabled = &off
+	})
+	err = e.a.Recheck(testContext(t), first)
+	wantRefusal(t, err, ReasonDisabled)
+	// The recheck's fresh answer is what new connections see too.
+	_, err = e.a.Decide(testContext(t), noPromptRequest(t, aliceUPN, d.SessionKey, aliceAddr))
 	wantRefusal(t, err, ReasonDisabled)
 }
 

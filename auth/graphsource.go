@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
 
@@ -88,6 +90,20 @@ type GraphGroups struct {
 	// AppOnly says the client has app-only tokens; without them only
 	// delegated group reads work and account checks are skipped.
 	AppOnly bool
+	// AccountTTL is how long an account's state (enabled, disabled) is
+	// remembered, like its groups; 0 asks Graph every time. Rechecks of
+	// open sessions always ask afresh (ForgetGroups).
+	AccountTTL time.Duration
+
+	mu       sync.Mutex
+	accounts map[string]accountState
+	now      func() time.Time // time.Now; tests may stop the clock
+}
+
+// accountState is an account's answer from Graph and when it came.
+type accountState struct {
+	enabled bool
+	at      time.Time
 }
 
 // NewGraphGroupSource is the default GroupSource of a provider: Microsoft
@@ -97,7 +113,7 @@ func NewGraphGroupSource(pc config.Provider, hc *http.Client) (*GraphGroups, err
 	if err != nil {
 		return nil, err
 	}
-	return &GraphGroups{Client: c, AppOnly: hasAppCredential(pc)}, nil
+	return &GraphGroups{Client: c, AppOnly: hasAppCredential(pc), AccountTTL: pc.GroupCacheTTL}, nil
 }
 
 // TransitiveGroups implements GroupSource.
@@ -166,22 +182,91 @@ func (g *GraphGroups) ServicePrincipalByName(ctx context.Context, displayName st
 // AccountEnabled implements AccountChecker. Without app-only tokens it
 // cannot look anyone up and reports true: the check is then left to
 // Entra ID at the next interactive sign-in.
+//
+// Answers are remembered for AccountTTL, so that a pool reconnecting with
+// a session key costs Graph one lookup per TTL rather than one per
+// connection (and waits for none): the same bound as the group cache puts
+// on how late a change in the directory is seen by new connections. A
+// failed lookup is never remembered.
 func (g *GraphGroups) AccountEnabled(ctx context.Context, id Identity) (bool, error) {
 	if !g.AppOnly {
 		return true, nil
 	}
+	key := accountKey(id.Kind, id.ObjectID)
+	if enabled, ok := g.cachedAccount(key); ok {
+		return enabled, nil
+	}
+	var enabled bool
 	if id.Kind == KindServicePrincipal {
 		sp, err := g.Client.ServicePrincipalByAppID(ctx, id.AppID)
 		if err != nil {
 			return false, classifyGraphError(err)
 		}
-		return sp.AccountEnabled, nil
+		enabled = sp.AccountEnabled
+	} else {
+		u, err := g.Client.User(ctx, id.ObjectID)
+		if err != nil {
+			return false, classifyGraphError(err)
+		}
+		enabled = u.AccountEnabled
 	}
-	u, err := g.Client.User(ctx, id.ObjectID)
-	if err != nil {
-		return false, classifyGraphError(err)
+	g.rememberAccount(key, enabled)
+	return enabled, nil
+}
+
+func accountKey(kind Kind, objectID string) string {
+	return string(kind) + "\x00" + strings.ToLower(objectID)
+}
+
+func (g *GraphGroups) clock() time.Time {
+	if g.now != nil {
+		return g.now()
 	}
-	return u.AccountEnabled, nil
+	return time.Now()
+}
+
+func (g *GraphGroups) cachedAccount(key string) (enabled, ok bool) {
+	if g.AccountTTL <= 0 {
+		return false, false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	st, ok := g.accounts[key]
+	if !ok || g.clock().Sub(st.at) >= g.AccountTTL {
+		return false, false
+	}
+	return st.enabled, true
+}
+
+func (g *GraphGroups) rememberAccount(key string, enabled bool) {
+	if g.AccountTTL <= 0 {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.accounts == nil {
+		g.accounts = map[string]accountState{}
+	}
+	now := g.clock()
+	if len(g.accounts) >= maxRememberedAccounts {
+		for k, st := range g.accounts {
+			if now.Sub(st.at) >= g.AccountTTL {
+				delete(g.accounts, k)
+			}
+		}
+	}
+	g.accounts[key] = accountState{enabled: enabled, at: now}
+}
+
+// maxRememberedAccounts is when remembering one more account first sweeps
+// out the expired ones.
+const maxRememberedAccounts = 4096
+
+// forgetAccount drops what is remembered of an account.
+func (g *GraphGroups) forgetAccount(kind Kind, objectID string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.accounts, accountKey(kind, objectID))
 }
 
 // classifyGraphError marks graph's typed errors with this package's

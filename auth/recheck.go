@@ -16,8 +16,10 @@ type GroupCacheForgetter interface {
 	ForgetGroups(who GroupSubject)
 }
 
-// ForgetGroups implements GroupCacheForgetter.
+// ForgetGroups implements GroupCacheForgetter; it also forgets the
+// account's remembered state.
 func (g *GraphGroups) ForgetGroups(who GroupSubject) {
+	g.forgetAccount(who.Kind, who.ObjectID)
 	kind := graph.KindUser
 	if who.Kind == KindServicePrincipal {
 		kind = graph.KindServicePrincipal
@@ -70,12 +72,13 @@ func (a *Authorizer) Recheck(ctx context.Context, d *Decision) error {
 			return err
 		}
 	}
-	if err := a.checkAccount(ctx, p, id); err != nil {
-		return err
-	}
 	subject := GroupSubject{Kind: id.Kind, ObjectID: id.ObjectID}
 	if f, ok := p.groups.(GroupCacheForgetter); ok {
+		// Read afresh: the account and the groups as they are now.
 		f.ForgetGroups(subject)
+	}
+	if err := a.checkAccount(ctx, p, id); err != nil {
+		return err
 	}
 	if id.Kind == KindUser && p.delegated {
 		token, err := a.delegatedToken(ctx, p, d.homeAccount)

@@ -71,8 +71,9 @@ type Provider struct {
 	// CAFile, if set, is the only CA trusted for the authority and Graph
 	// (the simulator's CA in dev and tests).
 	CAFile string `yaml:"ca_file"`
-	// GroupCacheTTL is how long transitive groups are cached per identity;
-	// default 5m.
+	// GroupCacheTTL is how long transitive groups, and whether the account
+	// is enabled, are cached per identity for new connections; default 5m.
+	// Rechecks of open sessions read afresh.
 	GroupCacheTTL time.Duration `yaml:"group_cache_ttl"`
 
 	// ClientSecret is the resolved secret (from ClientSecretEnv or
