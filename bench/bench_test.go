@@ -61,7 +61,7 @@ func TestSmoke(t *testing.T) {
 	if !ok {
 		t.Fatalf("no sysbench row in:\n%s", out.String())
 	}
-	for _, peer := range []string{"direct", "HAProxy", "portcullis+TLS"} {
+	for _, peer := range []string{"direct", "HAProxy", "portcullis", "portcullis+TLS"} {
 		if c := myRow[peer]; !c.ok || !(c.tps > 0) {
 			t.Errorf("sysbench, %s: got %+v, want a throughput above 0", peer, c)
 		}

@@ -77,7 +77,7 @@ type portcullisSetup struct {
 	MyBackend                  string // MariaDB; "" for none
 	MySQL                      bool   // open MySQL listeners
 	PGPlain, PGTLS             string // listener addresses
-	MyTLS                      string // MySQL takes passwords only over TLS
+	MyPlain, MyTLS             string // MySQL without TLS (session keys by scramble) and with
 	PasswordFile               string // the bench role's password
 	StorePath                  string // the SQLite state file (the default store)
 }
@@ -143,6 +143,11 @@ listeners:
     tls: required
     default_resource: bench
 {{- if .MySQL}}
+  - name: my-plain
+    protocol: mysql
+    address: {{.MyPlain}}
+    tls: disabled
+    default_resource: sbtest
   - name: my-tls
     protocol: mysql
     address: {{.MyTLS}}

@@ -255,7 +255,7 @@ func (s *stack) startPortcullis(ctx context.Context, inst *instance) error {
 		inst.setup.MyBackend = s.my.addr()
 		inst.setup.MySQL = true
 	}
-	for _, addr := range []*string{&inst.setup.PGPlain, &inst.setup.PGTLS, &inst.setup.MyTLS} {
+	for _, addr := range []*string{&inst.setup.PGPlain, &inst.setup.PGTLS, &inst.setup.MyPlain, &inst.setup.MyTLS} {
 		p, err := freePort()
 		if err != nil {
 			return err
@@ -277,7 +277,7 @@ func (s *stack) startPortcullis(ctx context.Context, inst *instance) error {
 		logPath := filepath.Join(s.dir, fmt.Sprintf("%s-%d.log", base, inst.runs))
 		listeners := []string{inst.setup.PGPlain, inst.setup.PGTLS}
 		if inst.setup.MySQL {
-			listeners = append(listeners, inst.setup.MyTLS)
+			listeners = append(listeners, inst.setup.MyPlain, inst.setup.MyTLS)
 		}
 		if inst.bin != "" {
 			inst.run, err = startPortcullisBinary(ctx, inst.bin, inst.env, cfgPath, logPath, listeners)
@@ -398,9 +398,9 @@ func (inst *instance) endpoints(p *peer, tls bool, tlsDir string) {
 	case !inst.setup.MySQL:
 		p.noMy = "no MySQL front door in this build"
 	case !tls:
-		// portcullis asks MySQL clients for the password in clear, so
-		// only over TLS: there is no relay-only MySQL listener.
-		p.noMy = "MySQL passwords are taken only over TLS"
+		// Without TLS the session key is proven by caching_sha2_password's
+		// scramble, never sent: like for like with HAProxy.
+		p.my = &endpoint{addr: inst.setup.MyPlain, user: analyst, password: inst.key, database: "sbtest"}
 	default:
 		p.my = &endpoint{addr: inst.setup.MyTLS, user: analyst, password: inst.key, database: "sbtest", tls: true, tlsDir: tlsDir}
 	}
