@@ -48,7 +48,11 @@
 // says where a message ends, the splice finishes the message in flight to
 // the client, writes Relay.Goodbye (for PostgreSQL, FATAL 57P01), asks the
 // backend to cancel whatever it is running, and says Relay.Terminate to
-// it. A protocol without framers is simply closed.
+// it. A protocol without framers is simply closed. A backend connection
+// that breaks mid-session (a reset, a failed read or write) ends the
+// session the same way, with a *BackendLostError (ErrBackendLost) as the
+// Goodbye's cause, if the stream to the client is between two messages:
+// the client hears which resource was lost, not just a closed socket.
 //
 // # Continuous authorization
 //

@@ -270,25 +270,47 @@ func TestSpliceHalfClose(t *testing.T) {
 }
 
 // A backend that breaks the connection ends the session at once; the
-// client is not left hanging.
+// client is not left hanging, and is told which resource was lost when
+// the stream to it is between two messages, or else just closed (a
+// message cut short cannot be followed by another).
 func TestSpliceBackendResetClosesClient(t *testing.T) {
-	addr := backend(t, func(c net.Conn) {
-		io.ReadFull(c, make([]byte, 5))
-		c.(*net.TCPConn).SetLinger(0)
-	})
-	ts := startServer(t, addr, config.Proxy{})
-	c, r := ts.dial("ok", "")
-	expectLine(t, r, "OK")
-	io.WriteString(c, "hello")
-	if _, err := r.ReadByte(); err == nil {
-		t.Fatal("read a byte after the backend went away")
+	tests := []struct {
+		name    string
+		sends   []byte // what the backend sends before it resets
+		wantBye bool
+	}{
+		{name: "between messages", sends: []byte{2, 'h', 'i'}, wantBye: true},
+		{name: "in the middle of a message", sends: []byte{5, 'h', 'e'}},
 	}
-	ended := ts.waitEvent("session.ended")
-	if ended["reason"] == "" {
-		t.Errorf("session.ended without a reason: %v", ended)
-	}
-	if len(ts.srv.Sessions()) != 0 {
-		t.Errorf("sessions left open: %+v", ts.srv.Sessions())
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr := backend(t, func(c net.Conn) {
+				io.ReadFull(c, make([]byte, 5))
+				c.Write(tt.sends)
+				c.(*net.TCPConn).SetLinger(0)
+			})
+			ts := startServer(t, addr, config.Proxy{})
+			c, r := ts.dial("ok", "")
+			expectLine(t, r, "OK")
+			io.WriteString(c, "hello")
+			got := make([]byte, len(tt.sends))
+			if _, err := io.ReadFull(r, got); err != nil || string(got) != string(tt.sends) {
+				t.Fatalf("relayed %q, %v; want %q", got, err, tt.sends)
+			}
+			if tt.wantBye {
+				expectLine(t, r, `BYE the connection to resource "echo" was lost (session `)
+			}
+			if b, err := r.ReadByte(); err == nil {
+				t.Fatalf("read %q after the backend went away", b)
+			}
+			ended := ts.waitEvent("session.ended")
+			if ended["reason"] != "error" || !strings.Contains(fmt.Sprint(ended["error"]), "backend -> client") {
+				t.Errorf("session.ended = %v, want reason error from the backend", ended)
+			}
+			if len(ts.srv.Sessions()) != 0 {
+				t.Errorf("sessions left open: %+v", ts.srv.Sessions())
+			}
+		})
 	}
 }
 

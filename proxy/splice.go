@@ -48,8 +48,9 @@ type Relay struct {
 	ToBackend Framer
 	ToClient  Framer
 	// Goodbye writes to the client, between two messages, the protocol's
-	// error saying why portcullis is ending the session (cause is
-	// ErrShuttingDown, ErrTerminated or a *RevokedError).
+	// error saying why the session ends (cause is ErrShuttingDown,
+	// ErrTerminated, a *RevokedError, or a *BackendLostError when the
+	// backend connection broke).
 	Goodbye func(w io.Writer, cause error) error
 	// Terminate writes the protocol's polite goodbye to the backend,
 	// between two messages. May be nil.
@@ -64,6 +65,30 @@ const (
 	endShutdown      = "shutdown"
 	endTerminated    = "terminated"
 )
+
+// ErrBackendLost is the cause of a session whose backend connection broke
+// while it was relayed (reset, or a read or write that failed). The cause
+// itself is a *BackendLostError, which matches it with errors.Is.
+var ErrBackendLost = errors.New("the connection to the backend was lost")
+
+// BackendLostError says whose backend connection broke. Its Error is fit
+// for the person at the client: it names the resource and the session,
+// never the backend's address; Err is what broke, for the log.
+type BackendLostError struct {
+	Resource string
+	Session  string
+	Err      error
+}
+
+func (e *BackendLostError) Error() string {
+	return fmt.Sprintf("the connection to resource %q was lost (session %s)", e.Resource, e.Session)
+}
+
+// Is makes a *BackendLostError match ErrBackendLost.
+func (e *BackendLostError) Is(target error) bool { return target == ErrBackendLost }
+
+// Unwrap is what broke.
+func (e *BackendLostError) Unwrap() error { return e.Err }
 
 // farewellGrace bounds each step of ending a session: finishing the
 // message in flight, the goodbye, the backend's cancel.
@@ -159,11 +184,16 @@ func (c *Conn) relay(r Relay) (reason string, err error) {
 
 	// If the first direction to end failed, one side is broken and nothing
 	// more can usefully flow the other way: it wakes the other direction
-	// by closing both.
+	// by closing both. A broken backend leaves the client open, only woken
+	// from its read, so that it can be told why its session ends.
 	finish := func(d *direction, out outcome, err error) relayResult {
 		if d.ranked == 1 && out == outFailed {
-			r.Client.Close()
 			r.Backend.Close()
+			if d.broken == r.Backend {
+				r.Client.SetReadDeadline(time.Now())
+			} else {
+				r.Client.Close()
+			}
 		}
 		return relayResult{dir: d, out: out, err: err}
 	}
@@ -184,7 +214,28 @@ func (c *Conn) relay(r Relay) (reason string, err error) {
 		<-endingSet
 		return c.stopped(r, first, second, up, down)
 	}
+	if first.out == outFailed && first.dir.broken == r.Backend {
+		c.backendLost(r, first.err)
+	}
 	return ended(first, second, up)
+}
+
+// backendLost tells the client that its backend connection broke, if the
+// stream to it is between two messages; otherwise the client is just
+// closed. Both directions have ended: nothing else writes to the client.
+//
+//go:noinline
+func (c *Conn) backendLost(r Relay, err error) {
+	if r.Goodbye == nil || r.ToClient == nil || r.ToClient.Pending() != 0 {
+		return
+	}
+	c.mu.Lock()
+	cause := &BackendLostError{Resource: c.resource, Session: c.id, Err: err}
+	c.mu.Unlock()
+	r.Client.SetWriteDeadline(time.Now().Add(farewellGrace))
+	if err := r.Goodbye(r.Client, cause); err != nil {
+		c.logger().Debug("could not tell the client its backend connection broke", zap.Error(err))
+	}
 }
 
 // stopped ends a session portcullis stopped, once both directions have.
@@ -301,6 +352,7 @@ type direction struct {
 	count   *atomic.Int64
 	rank    *atomic.Int32 // shared by both directions
 	ranked  int32         // 1 if this direction ended first
+	broken  net.Conn      // src or dst, whichever failed
 	sink    chunkSink
 }
 
@@ -315,6 +367,7 @@ func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 	if len(d.pending) > 0 {
 		if err := d.write(d.pending); err != nil {
 			d.end()
+			d.broken = d.dst
 			return outFailed, err
 		}
 		d.pending = nil
@@ -328,6 +381,7 @@ func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 			src.passed()
 			if werr != nil {
 				d.end()
+				d.broken = d.dst
 				return outFailed, werr
 			}
 		}
@@ -339,6 +393,7 @@ func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 		case errors.Is(err, io.EOF):
 			if cw, ok := d.dst.(closeWriter); ok {
 				if err := cw.CloseWrite(); err != nil {
+					d.broken = d.dst
 					return outFailed, fmt.Errorf("%s: half-close: %w", d.name, err)
 				}
 			}
@@ -346,6 +401,7 @@ func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 		case ending.Load() && errors.Is(err, os.ErrDeadlineExceeded):
 			return outStopped, nil
 		default:
+			d.broken = d.src
 			return outFailed, fmt.Errorf("%s: read: %w", d.name, err)
 		}
 	}

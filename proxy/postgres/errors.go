@@ -137,6 +137,10 @@ func ended(cause error) *fatal {
 	if errors.Is(cause, proxy.ErrTerminated) {
 		return &fatal{code: codeAdminShutdown, message: "terminating connection: an operator ended this session", err: cause}
 	}
+	var lost *proxy.BackendLostError
+	if errors.As(cause, &lost) {
+		return &fatal{code: codeConnectionFailure, message: "terminating connection: " + lost.Error(), hint: "Connect again; if it keeps happening, give an operator the session id.", err: cause}
+	}
 	return &fatal{code: codeAdminShutdown, message: "terminating connection because portcullis is shutting down", hint: "Connect again in a moment.", err: cause}
 }
 

@@ -485,8 +485,8 @@ func (fe *frontend) fail(ctx context.Context, err error) error {
 	return err
 }
 
-// goodbye is the splice's Relay.Goodbye: the FATAL 57P01 that ends a
-// session portcullis is closing.
+// goodbye is the splice's Relay.Goodbye: the FATAL that ends a session
+// portcullis is closing (57P01), or whose backend connection broke (08006).
 func goodbye(w io.Writer, cause error) error {
 	_, err := w.Write(appendMessage(nil, ended(cause).response()))
 	return err
