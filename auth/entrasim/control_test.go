@@ -265,6 +265,37 @@ func TestFaults(t *testing.T) {
 	}
 }
 
+// A fault set For a while ends on its own: a throttling spell of Graph
+// answers 429 until it is over, then Graph answers again.
+func TestFaultForAWhile(t *testing.T) {
+	t.Parallel()
+	sim := startSim(t, entrasim.Options{})
+	const spell = 500 * time.Millisecond
+	get := func() int {
+		resp, err := sim.HTTPClient().Get(sim.URL() + "/v1.0/users/" + aliceUPN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	start := time.Now()
+	sim.SetFault(entrasim.EndpointGraph, entrasim.Fault{Status: http.StatusTooManyRequests, RetryAfter: time.Second, For: spell})
+	if got := get(); got != http.StatusTooManyRequests && time.Since(start) < spell {
+		t.Fatalf("within the spell Graph answered %d, want 429", got)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for get() == http.StatusTooManyRequests {
+		if time.Now().After(deadline) {
+			t.Fatal("the spell of 429s did not end")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if took := time.Since(start); took < spell {
+		t.Fatalf("the spell ended after %s, before its %s", took, spell)
+	}
+}
+
 // TestLogsHoldNoSecrets runs every grant with logging on and checks that no
 // secret the flows handled reaches a log line.
 func TestLogsHoldNoSecrets(t *testing.T) {

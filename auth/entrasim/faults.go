@@ -32,27 +32,37 @@ type Fault struct {
 	Down bool
 	// Times limits the fault to the next n requests; 0 means until cleared.
 	Times int
+	// For limits the fault to this long from SetFault (wall-clock time,
+	// whatever Options.Now says), as an outage or a throttling spell
+	// that ends on its own; 0 means until cleared. With Times, the
+	// fault ends at whichever comes first.
+	For time.Duration
 }
 
 type faults struct {
 	mu    sync.Mutex
 	byEP  map[Endpoint]*Fault
+	until map[Endpoint]time.Time // end of a fault set with For
 	count map[Endpoint]int
 }
 
 func newFaults() *faults {
-	return &faults{byEP: map[Endpoint]*Fault{}, count: map[Endpoint]int{}}
+	return &faults{byEP: map[Endpoint]*Fault{}, until: map[Endpoint]time.Time{}, count: map[Endpoint]int{}}
 }
 
 // SetFault makes ep misbehave as f describes; a zero Fault clears it.
 func (s *Server) SetFault(ep Endpoint, f Fault) {
 	s.faults.mu.Lock()
 	defer s.faults.mu.Unlock()
+	delete(s.faults.until, ep)
 	if f == (Fault{}) {
 		delete(s.faults.byEP, ep)
 		return
 	}
 	s.faults.byEP[ep] = &f
+	if f.For > 0 {
+		s.faults.until[ep] = time.Now().Add(f.For)
+	}
 }
 
 // Requests reports how many requests ep has received.
@@ -87,11 +97,17 @@ func (f *faults) take(ep Endpoint) *Fault {
 	if !ok {
 		return nil
 	}
+	if until, ok := f.until[ep]; ok && !time.Now().Before(until) {
+		delete(f.byEP, ep)
+		delete(f.until, ep)
+		return nil
+	}
 	cp := *ft
 	if ft.Times > 0 {
 		ft.Times--
 		if ft.Times == 0 {
 			delete(f.byEP, ep)
+			delete(f.until, ep)
 		}
 	}
 	return &cp
