@@ -397,6 +397,10 @@ func TestTOTPLockoutAndReset(t *testing.T) {
 		t.Fatalf("after reset = %v, want a new enrolment", err)
 	}
 	now = time.Now()
+	// A lost or stolen phone still shows codes of the old secret: after
+	// the reset they open nothing.
+	_, err = r.a.Decide(ctx, request(t, aliceUPN, "vault", key+":"+codeAt(t, uri, now), aliceAddr, now))
+	wantTOTPFailure(t, wantRefusal(t, err, auth.ReasonBadCredentials), auth.TOTPWrongCode)
 	if _, err := r.a.Decide(ctx, request(t, aliceUPN, "vault", key+":"+codeAt(t, fresh.Enrollment.URI, now), aliceAddr, now)); err != nil {
 		t.Errorf("code of the new secret: %v", err)
 	}
