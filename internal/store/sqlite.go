@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -50,8 +51,20 @@ func OpenSQLite(ctx context.Context, path string, keys Keys) (*SQLite, error) {
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous(NORMAL)")
 	q.Set("_txlock", "immediate")
-	return openSQLite(ctx, "file:"+uriEscaper.Replace(path)+"?"+q.Encode(), path, keys, 0, sqliteMigrations)
+	return openSQLite(ctx, "file:"+uriEscaper.Replace(path)+"?"+q.Encode(), path, keys, sqliteConns(), sqliteMigrations)
 }
+
+// sqliteConns bounds the connections to an SQLite file, and keeps them
+// open. The driver is SQLite compiled to Go: its work is CPU work in this
+// process, so connections beyond the CPUs only wait — inside SQLite,
+// where one that finds the write lock taken sleeps and retries — and
+// opening one (its pragmas, the schema) is costly in itself. Beyond the
+// bound, callers queue in database/sql instead. The bound also caps
+// descriptors: SQLite on Unix cannot close a connection's descriptor
+// while another connection holds a lock on the file, so it keeps it, and
+// without a bound every connection once open at the same moment (one per
+// concurrent login, in a burst) would stay as an open descriptor.
+func sqliteConns() int { return max(2, runtime.GOMAXPROCS(0)) }
 
 // uriEscaper writes a file name into an SQLite URI, where '%' starts an
 // escape and '?' and '#' end the name.
@@ -76,6 +89,7 @@ func openSQLite(ctx context.Context, dsn, path string, keys Keys, maxConns int, 
 	}
 	if maxConns > 0 {
 		db.SetMaxOpenConns(maxConns)
+		db.SetMaxIdleConns(maxConns)
 		// A memory database lives as long as its connection.
 		db.SetConnMaxLifetime(0)
 		db.SetConnMaxIdleTime(0)
