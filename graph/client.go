@@ -103,9 +103,10 @@ type Client struct {
 	maxWait  time.Duration
 	now      func() time.Time
 
-	mu      sync.Mutex
-	cache   map[string]cacheEntry
-	flights map[string]*flight
+	mu          sync.Mutex
+	cache       map[string]cacheEntry
+	flights     map[string]*flight[[]Group]
+	userFlights map[string]*flight[User]
 }
 
 // New checks opts and returns a client.
@@ -144,16 +145,17 @@ func New(opts Options) (*Client, error) {
 	base := *ep
 	base.Path += apiVersion
 	return &Client{
-		base:     &base,
-		endpoint: ep,
-		http:     opts.HTTPClient,
-		tokens:   opts.Tokens,
-		ttl:      opts.CacheTTL,
-		retries:  opts.MaxRetries,
-		maxWait:  opts.MaxWait,
-		now:      opts.Now,
-		cache:    map[string]cacheEntry{},
-		flights:  map[string]*flight{},
+		base:        &base,
+		endpoint:    ep,
+		http:        opts.HTTPClient,
+		tokens:      opts.Tokens,
+		ttl:         opts.CacheTTL,
+		retries:     opts.MaxRetries,
+		maxWait:     opts.MaxWait,
+		now:         opts.Now,
+		cache:       map[string]cacheEntry{},
+		flights:     map[string]*flight[[]Group]{},
+		userFlights: map[string]*flight[User]{},
 	}, nil
 }
 

@@ -33,11 +33,20 @@ const (
 
 // User looks a user up by object id or UPN with the app-only token.
 // accountEnabled is asked for explicitly, as Graph leaves it out by
-// default. An unknown user is a *NotFoundError.
+// default. An unknown user is a *NotFoundError. Nothing is cached (the
+// answer says whether the account may sign in now), but concurrent
+// lookups of one user share a single request: ten connections opened at
+// once with one person's session key cost one Graph call, not ten.
 func (c *Client) User(ctx context.Context, idOrUPN string) (User, error) {
 	op := "look up user " + idOrUPN
-	var u User
-	err := c.getJSON(ctx, c.appCall(op), c.apiURL("/users/"+url.PathEscape(idOrUPN), userSelect), "user", idOrUPN, &u)
+	u, err := share(c, c.userFlights, ctx, strings.ToLower(idOrUPN), func(ctx context.Context) (User, error) {
+		var u User
+		err := c.getJSON(ctx, c.appCall(op), c.apiURL("/users/"+url.PathEscape(idOrUPN), userSelect), "user", idOrUPN, &u)
+		return u, err
+	}, nil)
+	if err != nil && ctx.Err() != nil && !IsUnavailable(err) {
+		err = &UnavailableError{Op: op, Err: err}
+	}
 	return u, err
 }
 

@@ -451,6 +451,57 @@ func TestSingleFlight(t *testing.T) {
 	})
 }
 
+// Concurrent lookups of one user share a request, and nothing is kept:
+// the next lookup asks Graph again, and sees a disabled account at once.
+func TestUserSingleFlight(t *testing.T) {
+	t.Parallel()
+	sim := newSim(t, 0)
+	c := newClient(t, sim, graph.Options{})
+	sim.SetFault(entrasim.EndpointGraph, entrasim.Fault{Latency: 500 * time.Millisecond, Times: 1})
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	start := make(chan struct{})
+	for i := range n {
+		// Both forms of the same key, in both cases.
+		key := "alice@tailspin.example"
+		if i%2 == 1 {
+			key = "Alice@Tailspin.example"
+		}
+		wg.Go(func() {
+			<-start
+			u, err := c.User(context.Background(), key)
+			if err == nil && (u.ID != id(1, 1) || !u.AccountEnabled) {
+				err = fmt.Errorf("user %+v", u)
+			}
+			errs <- err
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if reqs := sim.Requests(entrasim.EndpointGraph); reqs != 1 {
+		t.Errorf("%d concurrent lookups of one user made %d Graph requests, want 1", n, reqs)
+	}
+
+	sim.Directory(func(d *entrasim.Directory) {
+		disabled := false
+		d.UserByName("alice@tailspin.example").Enabled = &disabled
+	})
+	u, err := c.User(context.Background(), "alice@tailspin.example")
+	if err != nil || u.AccountEnabled {
+		t.Errorf("after the account was disabled: %+v, %v", u, err)
+	}
+	if reqs := sim.Requests(entrasim.EndpointGraph); reqs != 2 {
+		t.Errorf("a later lookup made %d requests in all, want 2: a user is not cached", reqs)
+	}
+}
+
 func TestResolveGroups(t *testing.T) {
 	t.Parallel()
 	sim := newSim(t, 0)

@@ -90,47 +90,52 @@ func (c *Client) TransitiveGroups(ctx context.Context, s Subject) ([]Group, erro
 	if g, ok := c.cached(key); ok {
 		return g, nil
 	}
-	groups, err := c.shared(ctx, key, func(ctx context.Context) ([]Group, error) {
+	groups, err := share(c, c.flights, ctx, key, func(ctx context.Context) ([]Group, error) {
 		return c.walkGroups(ctx, op, path, tokens, s)
-	})
-	if err != nil && ctx.Err() != nil && !IsUnavailable(err) {
-		err = &UnavailableError{Op: op, Err: err}
+	}, func(groups []Group) { c.storeLocked(key, groups) })
+	if err != nil {
+		if ctx.Err() != nil && !IsUnavailable(err) {
+			err = &UnavailableError{Op: op, Err: err}
+		}
+		return nil, err
 	}
-	return groups, err
+	return slices.Clone(groups), nil
 }
 
-// flight is one walk shared by every caller that asks for the same
-// identity while it runs.
-type flight struct {
+// flight is one request shared by every caller that asks for the same
+// thing while it runs.
+type flight[T any] struct {
 	done    chan struct{}
-	groups  []Group
+	val     T
 	err     error
 	waiters int
 	cancel  context.CancelFunc
 }
 
-// shared runs walk once for all concurrent callers of key. The walk runs
-// detached from the context of the caller who started it, so one caller
-// giving up does not fail the others; when the last one gives up the walk
-// is cancelled. A successful result is cached.
-func (c *Client) shared(ctx context.Context, key string, walk func(context.Context) ([]Group, error)) ([]Group, error) {
+// share runs fetch once for all concurrent callers of key in flights.
+// The fetch runs detached from the context of the caller who started it,
+// so one caller giving up does not fail the others; when the last one
+// gives up the fetch is cancelled. keep, if set, is given a successful
+// result under c.mu (to cache it), unless the flight was forgotten
+// meanwhile. The result is shared: callers copy what they would change.
+func share[T any](c *Client, flights map[string]*flight[T], ctx context.Context, key string, fetch func(context.Context) (T, error), keep func(T)) (T, error) {
 	c.mu.Lock()
-	f, ok := c.flights[key]
+	f, ok := flights[key]
 	if !ok {
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), walkTimeout)
-		f = &flight{done: make(chan struct{}), cancel: cancel}
-		c.flights[key] = f
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), walkTimeout)
+		f = &flight[T]{done: make(chan struct{}), cancel: cancel}
+		flights[key] = f
 		go func() {
-			groups, err := walk(wctx)
+			val, err := fetch(fctx)
 			cancel()
 			c.mu.Lock()
-			f.groups, f.err = groups, err
+			f.val, f.err = val, err
 			// A flight that Forget (or its abandonment) removed must not
 			// refill the cache.
-			if c.flights[key] == f {
-				delete(c.flights, key)
-				if err == nil {
-					c.storeLocked(key, groups)
+			if flights[key] == f {
+				delete(flights, key)
+				if err == nil && keep != nil {
+					keep(val)
 				}
 			}
 			c.mu.Unlock()
@@ -142,21 +147,19 @@ func (c *Client) shared(ctx context.Context, key string, walk func(context.Conte
 
 	select {
 	case <-f.done:
-		if f.err != nil {
-			return nil, f.err
-		}
-		return slices.Clone(f.groups), nil
+		return f.val, f.err
 	case <-ctx.Done():
 		c.mu.Lock()
 		f.waiters--
 		if f.waiters == 0 {
 			f.cancel()
-			if c.flights[key] == f {
-				delete(c.flights, key)
+			if flights[key] == f {
+				delete(flights, key)
 			}
 		}
 		c.mu.Unlock()
-		return nil, ctx.Err()
+		var zero T
+		return zero, ctx.Err()
 	}
 }
 
