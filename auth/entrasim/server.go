@@ -49,6 +49,10 @@ type Options struct {
 	Now func() time.Time
 	// Logf, if set, receives one line per request (never secrets).
 	Logf func(format string, args ...any)
+	// Middleware, if set, wraps the whole handler, outermost, so that a
+	// test can watch every request and answer: a secret-hygiene test
+	// collects the codes and tokens issued, to look for them in logs.
+	Middleware func(http.Handler) http.Handler
 }
 
 // Server is a running simulator of Entra ID (login) and Microsoft Graph,
@@ -117,8 +121,12 @@ func New(dir *Directory, opts Options) (*Server, error) {
 	mux := http.NewServeMux()
 	s.routeOAuth(mux)
 	s.routeGraph(mux)
+	handler := s.logRequests(s.faults.wrap(mux))
+	if opts.Middleware != nil {
+		handler = opts.Middleware(handler)
+	}
 	s.srv = &http.Server{
-		Handler:           s.logRequests(s.faults.wrap(mux)),
+		Handler:           handler,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{s.tlsCert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
 		// Handshake failures from clients that do not trust the CA are

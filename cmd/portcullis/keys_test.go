@@ -103,7 +103,9 @@ func keysServe(t *testing.T) *opsServe {
 	dir := opsDirectory()
 	dir.ServicePrincipals = append(dir.ServicePrincipals, entrasim.ServicePrincipal{ID: keysBotOID, AppID: keysBotApp, DisplayName: "nightly-etl", Secrets: []string{"unused-" + opsSecret}})
 	dir.Groups[0].Members.ServicePrincipals = []string{"nightly-etl"}
-	sim, err := entrasim.New(dir, entrasim.Options{})
+	secrets := opsLedger()
+	secrets.add("client secret", "unused-"+opsSecret)
+	sim, err := entrasim.New(dir, entrasim.Options{Middleware: secrets.watch})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +134,8 @@ func keysServe(t *testing.T) *opsServe {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &opsServe{t: t, sim: sim, pg: pg, dir: tmp, cfgPath: cfgPath, stdout: &syncBuffer{}, done: make(chan error, 1)}
+	s := &opsServe{t: t, sim: sim, pg: pg, dir: tmp, cfgPath: cfgPath, stdout: &syncBuffer{}, done: make(chan error, 1), secrets: secrets}
+	s.checkSecretsAtEnd()
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go func() {
@@ -177,6 +180,7 @@ func createKeyFor(t *testing.T, s *opsServe, forID string) (key, id string) {
 	if k == nil || i == nil {
 		t.Fatalf("keys create printed no key and id:\n%s", out)
 	}
+	s.secrets.add("access key", k[1])
 	return k[1], i[1]
 }
 
@@ -193,6 +197,7 @@ func TestAccessKeysEndToEnd(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("keys list: exit %d", code)
 	}
+	s.secrets.clientSaw("keys list", out)
 	for _, want := range []string{"ID", "LAST USED", botID, keysBotApp, aliceID, opsAlice, "demo", "never", "active"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("keys list lacks %q:\n%s", want, out)

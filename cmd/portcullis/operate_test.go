@@ -125,12 +125,16 @@ type opsServe struct {
 	err     error // what serve returned, once stopped
 	pgAddr  string
 	admin   string // http://host:port
+	// secrets, if set, collects the test's secrets; checkSecretsAtEnd
+	// looks for them in the log and in what clients were shown.
+	secrets *secretLedger
 }
 
 func startOps(t *testing.T, drain time.Duration, before func(*entrasim.Server)) *opsServe {
 	t.Helper()
 	pg := testpg.Start(t, testpg.Options{Roles: []testpg.Role{opsRole}})
-	sim, err := entrasim.New(opsDirectory(), entrasim.Options{})
+	secrets := opsLedger()
+	sim, err := entrasim.New(opsDirectory(), entrasim.Options{Middleware: secrets.watch})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +151,8 @@ func startOps(t *testing.T, drain time.Duration, before func(*entrasim.Server)) 
 	if _, _, err := writeSelfSignedCert(dir); err != nil {
 		t.Fatal(err)
 	}
-	s := &opsServe{t: t, sim: sim, pg: pg, dir: dir, cfgPath: filepath.Join(dir, "portcullis.yaml"), drain: drain, stdout: &syncBuffer{}, done: make(chan error, 1)}
+	s := &opsServe{t: t, sim: sim, pg: pg, dir: dir, cfgPath: filepath.Join(dir, "portcullis.yaml"), drain: drain, stdout: &syncBuffer{}, done: make(chan error, 1), secrets: secrets}
+	s.checkSecretsAtEnd()
 	s.writeConfig(false)
 	if before != nil {
 		before(sim)
@@ -275,6 +280,9 @@ func (s *opsServe) token(upn string) string {
 	if err != nil {
 		s.t.Fatal(err)
 	}
+	if s.secrets != nil {
+		s.secrets.add("access token", tok)
+	}
 	return tok
 }
 
@@ -285,7 +293,11 @@ func (s *opsServe) connect(ctx context.Context, user, password, database string)
 		s.t.Fatal(err)
 	}
 	cfg.Password = password
-	return pgconn.ConnectConfig(ctx, cfg)
+	c, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil && s.secrets != nil {
+		s.secrets.clientSaw(fmt.Sprintf("the error connecting as %s to %s", user, database), err.Error())
+	}
+	return c, err
 }
 
 func (s *opsServe) hup() {
@@ -358,7 +370,9 @@ func TestServeOperations(t *testing.T) {
 		}
 		if _, k, ok := strings.Cut(n.Message, "session key as your password: "); ok {
 			key = k
+			s.secrets.add("session key", k)
 		}
+		s.secrets.clientSaw("a notice to alice signing in", n.Message, key)
 	}
 	held, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
