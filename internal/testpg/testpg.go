@@ -83,6 +83,9 @@ type Options struct {
 	// Setup statements run as the superuser after the roles exist, one at
 	// a time (so CREATE DATABASE works).
 	Setup []string
+	// MaxConnections is the server's max_connections; default 100. A
+	// load test that holds hundreds of sessions open needs more.
+	MaxConnections int
 }
 
 // Server is a running PostgreSQL server.
@@ -312,6 +315,10 @@ func (s *Server) writeConfig(runAs *syscall.Credential, data string, opts Option
 		return fmt.Errorf("write pg_hba.conf: %w", err)
 	}
 
+	maxConnections := opts.MaxConnections
+	if maxConnections <= 0 {
+		maxConnections = 100
+	}
 	conf := []string{
 		"listen_addresses = '127.0.0.1'",
 		fmt.Sprintf("unix_socket_directories = '%s'", s.SocketDir),
@@ -320,7 +327,7 @@ func (s *Server) writeConfig(runAs *syscall.Credential, data string, opts Option
 		"synchronous_commit = off",
 		"full_page_writes = off",
 		"shared_buffers = 16MB",
-		"max_connections = 100",
+		fmt.Sprintf("max_connections = %d", maxConnections),
 		"password_encryption = 'scram-sha-256'",
 		"log_min_messages = warning",
 		"log_connections = off",
