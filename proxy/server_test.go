@@ -341,6 +341,12 @@ func TestEndFinishesTheMessageInFlight(t *testing.T) {
 	if id == "" {
 		t.Fatalf("no started session in %+v", ts.srv.Sessions())
 	}
+	// The relay counts a chunk once its write returns, which may be just
+	// after the client has read it.
+	deadline := time.Now().Add(5 * time.Second)
+	for ts.srv.Sessions()[0].BytesToClient != 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	if s := ts.srv.Sessions()[0]; s.BackendUser != "backend_user" || s.Identity.UPN != "tester@example.test" || s.BytesToClient != 3 {
 		t.Errorf("session info = %+v", s)
 	}
