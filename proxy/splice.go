@@ -619,3 +619,74 @@ func (s *rawSource) close() {
 		s.buf = nil
 	}
 }
+
+// SocketIO returns a reader and writer of c that, where c is a bare TCP or
+// Unix socket, reads and writes its descriptor as the splice does (no
+// system-call bookkeeping, waits through the runtime's poller, deadlines
+// honoured), and otherwise c itself. A protocol that wraps the client
+// connection to watch its commands reads and writes through it, so that
+// its sessions relay as cheaply as unwrapped ones.
+func SocketIO(c net.Conn) io.ReadWriter {
+	rc := plainSocket(c)
+	if rc == nil {
+		return c
+	}
+	s := &socketIO{rc: rc, sink: rawSink{rc: rc}}
+	s.readFn = s.read
+	s.sink.writeFn = s.sink.writeSome
+	return s
+}
+
+// socketIO reads into the caller's buffer and writes through a rawSink.
+type socketIO struct {
+	rc     syscall.RawConn
+	readFn func(fd uintptr) bool // s.read, made once
+	p      []byte                // the buffer of the read in progress
+	n      int
+	err    error
+	sink   rawSink
+}
+
+func (s *socketIO) read(fd uintptr) bool {
+	for {
+		n, errno := rawIO(syscall.SYS_READ, fd, s.p)
+		switch errno {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		case 0:
+			s.n, s.err = n, nil
+		default:
+			s.n, s.err = 0, errno
+		}
+		return true
+	}
+}
+
+// Read implements io.Reader.
+func (s *socketIO) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.p = p
+	err := s.rc.Read(s.readFn)
+	s.p = nil
+	switch {
+	case err != nil:
+		return 0, err // deadline, or closed
+	case s.err != nil:
+		return 0, os.NewSyscallError("read", s.err)
+	case s.n == 0:
+		return 0, io.EOF
+	}
+	return s.n, nil
+}
+
+// Write implements io.Writer.
+func (s *socketIO) Write(p []byte) (int, error) {
+	if err := s.sink.write(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

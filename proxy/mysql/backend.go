@@ -178,6 +178,11 @@ func connectBackend(ctx context.Context, res config.Resource, creds auth.Backend
 		return nil, fail(err)
 	}
 	bc.release()
+	if b, ok := conn.(*boundedConn); ok {
+		// No TLS: nothing of the stream is held above the socket, so the
+		// relay gets the socket itself and reads and writes it directly.
+		conn = b.Conn
+	}
 
 	var status uint16
 	if cc.IsAutoCommit() {

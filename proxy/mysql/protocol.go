@@ -129,7 +129,7 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 
 	// 6. Relay until either side is done.
 	var last atomic.Uint32
-	client := &clientStream{Conn: fe.pc.conn, pending: fe.pc.pending(), kills: p.sessions.killerFor(dec.Identity.ObjectID)}
+	client := &clientStream{Conn: fe.pc.conn, io: proxy.SocketIO(fe.pc.conn), pending: fe.pc.pending(), kills: p.sessions.killerFor(dec.Identity.ObjectID)}
 	return c.Splice(proxy.Relay{
 		Client:    client,
 		Backend:   be.conn,

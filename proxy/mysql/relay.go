@@ -31,6 +31,9 @@ import (
 //     person; any other KILL goes to the backend unchanged.
 type clientStream struct {
 	net.Conn
+	// io reads and writes Conn's socket as the splice would its own
+	// (proxy.SocketIO); nil means Conn itself.
+	io      io.ReadWriter
 	kills   killer
 	pending []byte // read from the client, not yet handed on
 	left    int    // bytes of the packet in flight still to hand on
@@ -77,7 +80,7 @@ func (s *clientStream) Read(p []byte) (int, error) {
 					return 0, s.rerr
 				}
 				// The body of a packet in flight goes straight through.
-				n, err := s.Conn.Read(p[:min(len(p), s.left)])
+				n, err := s.rw().Read(p[:min(len(p), s.left)])
 				s.left -= n
 				if n > 0 {
 					return n, nil
@@ -171,7 +174,7 @@ func (s *clientStream) fill(n int) error {
 			return s.rerr
 		}
 		buf := make([]byte, max(512, n-len(s.pending)))
-		k, err := s.Conn.Read(buf)
+		k, err := s.rw().Read(buf)
 		s.pending = append(s.pending, buf[:k]...)
 		if err != nil {
 			s.rerr = err
@@ -193,7 +196,7 @@ func (s *clientStream) answer(payload []byte) error {
 	if s.down.Pending() != 0 {
 		return errPendingResponse
 	}
-	if _, err := s.Conn.Write(appendPacket(nil, 1, payload)); err != nil {
+	if _, err := s.rw().Write(appendPacket(nil, 1, payload)); err != nil {
 		return fmt.Errorf("client: %w", err)
 	}
 	return nil
@@ -202,9 +205,17 @@ func (s *clientStream) answer(payload []byte) error {
 func (s *clientStream) Write(p []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	n, err := s.Conn.Write(p)
+	n, err := s.rw().Write(p)
 	s.down.Relayed(p[:n])
 	return n, err
+}
+
+// rw is what the client's bytes are read from and written to.
+func (s *clientStream) rw() io.ReadWriter {
+	if s.io != nil {
+		return s.io
+	}
+	return s.Conn
 }
 
 // CloseWrite half-closes the client connection, as the splice does when
