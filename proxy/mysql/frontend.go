@@ -120,6 +120,11 @@ func (fe *frontend) readHandshake() error {
 	}
 	fe.hs = hs
 	fe.caps = hs.caps & fe.offered
+	if fe.plainAllowed() && hs.plugin != pluginCachingSHA2 && len(hs.auth) > 0 && hs.caps&gomysql.CLIENT_PLUGIN_AUTH != 0 {
+		if err := fe.switchToSHA2(); err != nil {
+			return err
+		}
+	}
 	if !fe.tls && !fe.canScramble() {
 		r := fe.tlsRequired(false)
 		r.reason = "tls_required"

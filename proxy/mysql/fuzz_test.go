@@ -562,6 +562,11 @@ func FuzzHandshakeResponse(f *testing.F) {
 				code = r.code
 			case err != nil:
 				t.Fatalf("the handshake parser failed with %v, not a refusal", err)
+			case setting != config.ListenerTLSRequired && hs.plugin != pluginCachingSHA2 && len(hs.auth) > 0 && hs.caps&gomysql.CLIENT_PLUGIN_AUTH != 0:
+				// Switched to caching_sha2_password: whatever follows in
+				// data is the answer. Only the rule above, that no
+				// password reaches the authorizer, applies.
+				return
 			case setting == config.ListenerTLSRequired || hs.plugin != pluginCachingSHA2 || len(hs.auth) != 32 || hs.user == "":
 			case hs.database != "" && hs.database != fuzzResource && hs.database != fuzzDialogResource:
 				code = gomysql.ER_BAD_DB_ERROR

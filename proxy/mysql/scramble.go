@@ -22,12 +22,38 @@ const sha2FastAuthSuccess = gomysql.CACHE_SHA2_FAST_AUTH
 // does not require TLS, and the client answered the greeting with that
 // plugin's 32-byte scramble (an empty password sends none).
 func (fe *frontend) canScramble() bool {
+	return fe.plainAllowed() && fe.hs.plugin == pluginCachingSHA2 && len(fe.hs.auth) == sha256.Size
+}
+
+// plainAllowed reports whether this connection is without TLS on a
+// listener that lets such clients in (with a session key's scramble).
+func (fe *frontend) plainAllowed() bool {
 	switch fe.c.Listener().TLS {
 	case config.ListenerTLSOptional, config.ListenerTLSDisabled:
-	default:
-		return false
+		return !fe.tls
 	}
-	return !fe.tls && fe.hs.plugin == pluginCachingSHA2 && len(fe.hs.auth) == sha256.Size
+	return false
+}
+
+// switchToSHA2 asks a client without TLS that answered the greeting with
+// another plugin (mysql_native_password, say: MariaDB's client library
+// falls back to it when its caching_sha2_password plugin is not loaded
+// yet) to answer again with caching_sha2_password, over the same nonce,
+// so that a session key can be proven by its scramble.
+func (fe *frontend) switchToSHA2() error {
+	if err := fe.c.Step(); err != nil {
+		return err
+	}
+	fe.switched = true
+	if err := fe.pc.writePacket(authSwitch(pluginCachingSHA2, append(append([]byte(nil), fe.scramble...), 0))); err != nil {
+		return err
+	}
+	p, err := fe.readAuthPacket()
+	if err != nil {
+		return err
+	}
+	fe.hs.plugin, fe.hs.auth = pluginCachingSHA2, p
+	return nil
 }
 
 // tlsRequired is the refusal of a client without TLS: passwords travel

@@ -269,8 +269,9 @@ func TestSessionKeyWithoutTLS(t *testing.T) {
 
 // A hand-made client sees caching_sha2_password's exchange exactly: the
 // scramble in the handshake response, fast_auth_success (sequence id 2),
-// then the OK (3), and a session. A client on another plugin without TLS
-// is refused as before, with no word of session keys.
+// then the OK (3), and a session. A client on another plugin is switched
+// to caching_sha2_password; one with no password or a short scramble is
+// refused as before, with no word of session keys.
 func TestScrambleExchange(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	optional, _ := h.listen(t, config.ListenerTLSOptional)
@@ -296,13 +297,37 @@ func TestScrambleExchange(t *testing.T) {
 		t.Errorf("CURRENT_USER() = %q", got)
 	}
 
+	// A client that answered with another plugin is switched to
+	// caching_sha2_password over the same nonce, and proves the key there.
+	for _, plugin := range []string{pluginNative, pluginClear} {
+		t.Run("switched from "+plugin, func(t *testing.T) {
+			r := dialRaw(t, optional)
+			first := bytes.Repeat([]byte{7}, 20)
+			if plugin == pluginClear {
+				first = []byte("not sent in the clear\x00")
+			}
+			r.write(buildHandshakeResponse(rawCaps, aliceUPN, first, "app", plugin))
+			p, err := r.read()
+			want := append(append([]byte{0xfe}, pluginCachingSHA2+"\x00"...), append(append([]byte(nil), r.nonce...), 0)...)
+			if err != nil || !bytes.Equal(p, want) {
+				t.Fatalf("want an auth switch to caching_sha2_password over the greeting's nonce, got %q, %v", p, err)
+			}
+			r.write(mysqlScramble(key, r.nonce))
+			if p, err = r.read(); err != nil || !bytes.Equal(p, []byte{authMoreDataHeader, sha2FastAuthSuccess}) {
+				t.Fatalf("want fast_auth_success, got %q, %v", p, err)
+			}
+			if p, err = r.read(); err != nil || p[0] != gomysql.OK_HEADER {
+				code, _, msg := errOf(p)
+				t.Fatalf("want the OK, got ERR %d %q, %v", code, msg, err)
+			}
+		})
+	}
+
 	tests := []struct {
 		name   string
 		auth   []byte
 		plugin string
 	}{
-		{name: "mysql_native_password", auth: bytes.Repeat([]byte{7}, 20), plugin: pluginNative},
-		{name: "mysql_clear_password", auth: append([]byte(key), 0), plugin: pluginClear},
 		{name: "caching_sha2_password without a password", plugin: pluginCachingSHA2},
 		{name: "caching_sha2_password with a short scramble", auth: mysqlScramble(key, r.nonce)[:20], plugin: pluginCachingSHA2},
 	}
