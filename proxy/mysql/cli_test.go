@@ -153,5 +153,21 @@ func TestCLIDialogAndSessionKey(t *testing.T) {
 		t.Error("the session key led to a new device code")
 	}
 	h.waitEvent("auth.succeeded", func(m map[string]any) bool { return m["method"] == string(auth.MethodSessionKey) })
+
+	// A client starting on mysql_native_password (as MariaDB's library
+	// does when its caching_sha2_password plugin is not loaded yet) is
+	// switched to caching_sha2_password and sends the key by its full
+	// authentication, over TLS: no mysql_clear_password plugin to load.
+	stdout.Reset()
+	stderr.Reset()
+	native := h.cli(ctx, aliceUPN, key, "SELECT CURRENT_USER()")
+	native.Args = append(native.Args, "--default-auth=mysql_native_password")
+	native.Stdout, native.Stderr = &stdout, &stderr
+	if err := native.Run(); err != nil {
+		t.Fatalf("starting on mysql_native_password, with the session key: %v: %s", err, stderr.String())
+	}
+	if got := strings.TrimSpace(stdout.String()); got != userNative.Name+"@%" {
+		t.Errorf("starting on mysql_native_password, CURRENT_USER() = %q", got)
+	}
 	h.noSecretsLogged(key, code, userNative.Password)
 }

@@ -26,18 +26,25 @@
 //     optional or disabled, a client that answered with
 //     caching_sha2_password's fast-authentication scramble (32 bytes,
 //     against the greeting's 20-byte nonce) may prove a session key
-//     that way, and nothing else (step 4); any other client without TLS
-//     (another plugin, an empty password, or a listener that requires
-//     TLS) is refused with 1045 telling it to connect with --ssl.
+//     that way, and nothing else (step 4); a client on another plugin is
+//     switched to caching_sha2_password first (step 4); any other client
+//     without TLS (an empty password, or a listener that requires TLS) is
+//     refused with 1045 telling it to connect with --ssl.
 //  3. Resource. The database in the handshake names the resource; none
 //     means the listener's default_resource; an unknown one is 1049
 //     (42000). The backend database is the resource's.
 //  4. Password. A client on caching_sha2_password is told to perform full
 //     authentication and sends the password in the clear over TLS, which
 //     stock clients do without any cleartext option. A client that answered
-//     with another plugin is switched to mysql_clear_password (AskCleartext
-//     does that for everyone, greeting with mysql_native_password, so its
-//     clients have no scramble to offer without TLS). Without TLS there is
+//     with another plugin (often with nothing: MariaDB's library starts on
+//     mysql_native_password when its caching_sha2_password plugin is not
+//     loaded yet) is switched to caching_sha2_password over the same nonce
+//     and then asked for full authentication, with or without TLS; the
+//     greeting's plugin is the one such a library has just loaded, where a
+//     switch to another would make many threads load one at once, and lose
+//     the race. AskCleartext greets with mysql_native_password and
+//     switches every client to mysql_clear_password instead, so its
+//     clients have no scramble to offer without TLS. Without TLS there is
 //     no password: the scramble goes to auth (Request.Scramble), which
 //     checks it, in constant time, against the login's live session keys,
 //     stored under SHA-256(SHA-256(key)), the very verifier a MySQL server

@@ -120,7 +120,12 @@ func (fe *frontend) readHandshake() error {
 	}
 	fe.hs = hs
 	fe.caps = hs.caps & fe.offered
-	if fe.plainAllowed() && hs.plugin != pluginCachingSHA2 && len(hs.auth) > 0 && hs.caps&gomysql.CLIENT_PLUGIN_AUTH != 0 {
+	// A client on another plugin usually sent nothing at all (MariaDB's
+	// library answers a greeting for a plugin it is not using with an
+	// empty response), so an empty answer is no sign of an empty password:
+	// switch it too. One with an empty password answers the switch with an
+	// empty scramble and is refused below.
+	if fe.plainAllowed() && hs.plugin != pluginCachingSHA2 && hs.caps&gomysql.CLIENT_PLUGIN_AUTH != 0 {
 		if err := fe.switchToSHA2(); err != nil {
 			return err
 		}
@@ -183,7 +188,7 @@ func (fe *frontend) resource() (config.Resource, error) {
 // password obtains the password in the clear, over TLS: from
 // caching_sha2_password's full authentication (what stock clients do when
 // the server asks for it), from mysql_clear_password, or by switching the
-// client to mysql_clear_password when it used anything else.
+// client to one of those when it used anything else.
 func (fe *frontend) password() (string, error) {
 	pw, err := fe.readPassword()
 	fe.passwordAt = time.Now()
@@ -193,40 +198,61 @@ func (fe *frontend) password() (string, error) {
 func (fe *frontend) readPassword() (string, error) {
 	switch fe.hs.plugin {
 	case pluginCachingSHA2:
-		if len(fe.hs.auth) == 0 {
-			// An empty password sends an empty scramble and nothing more.
-			return "", nil
-		}
-		if err := fe.c.Step(); err != nil {
-			return "", err
-		}
-		if err := fe.pc.writePacket([]byte{authMoreDataHeader, sha2PerformFullAuth}); err != nil {
-			return "", err
-		}
-		p, err := fe.readAuthPacket()
-		if err != nil {
-			return "", err
-		}
-		if len(p) == 1 && p[0] == sha2RequestPublicKey {
-			return "", &refusal{code: gomysql.ER_ACCESS_DENIED_ERROR, state: stateAccessDenied, message: "portcullis accepts passwords only over TLS", reason: "tls_required"}
-		}
-		return string(trimNUL(p)), nil
+		return fe.fullAuth(fe.hs.auth)
 	case pluginClear:
 		return string(trimNUL(fe.hs.auth)), nil
 	}
 	if fe.hs.caps&gomysql.CLIENT_PLUGIN_AUTH == 0 {
 		return "", &refusal{code: gomysql.ER_NOT_SUPPORTED_AUTH_MODE, state: stateCommLink, message: "client does not support authentication plugins; upgrade the client", reason: "no_plugin_auth"}
 	}
+	// A client on another plugin is switched to the greeting's:
+	// caching_sha2_password, whose client side it has loaded or tried to
+	// load already (MariaDB's library loads plugins on first use, and
+	// threads connecting at once race: a loser starts on
+	// mysql_native_password, and would lose again loading
+	// mysql_clear_password for the switch), or with AskCleartext,
+	// mysql_clear_password.
 	if err := fe.c.Step(); err != nil {
 		return "", err
 	}
 	fe.switched = true
-	if err := fe.pc.writePacket(authSwitch(pluginClear, nil)); err != nil {
+	plugin, data := pluginCachingSHA2, append(append([]byte(nil), fe.scramble...), 0)
+	if fe.p.cleartext {
+		plugin, data = pluginClear, nil
+	}
+	if err := fe.pc.writePacket(authSwitch(plugin, data)); err != nil {
 		return "", err
 	}
 	p, err := fe.readAuthPacket()
 	if err != nil {
 		return "", err
+	}
+	if plugin == pluginCachingSHA2 {
+		return fe.fullAuth(p)
+	}
+	return string(trimNUL(p)), nil
+}
+
+// fullAuth follows a client's caching_sha2_password scramble with a
+// request for full authentication, which a client over TLS answers with
+// the password in the clear.
+func (fe *frontend) fullAuth(scramble []byte) (string, error) {
+	if len(scramble) == 0 {
+		// An empty password sends an empty scramble and nothing more.
+		return "", nil
+	}
+	if err := fe.c.Step(); err != nil {
+		return "", err
+	}
+	if err := fe.pc.writePacket([]byte{authMoreDataHeader, sha2PerformFullAuth}); err != nil {
+		return "", err
+	}
+	p, err := fe.readAuthPacket()
+	if err != nil {
+		return "", err
+	}
+	if len(p) == 1 && p[0] == sha2RequestPublicKey {
+		return "", &refusal{code: gomysql.ER_ACCESS_DENIED_ERROR, state: stateAccessDenied, message: "portcullis accepts passwords only over TLS", reason: "tls_required"}
 	}
 	return string(trimNUL(p)), nil
 }

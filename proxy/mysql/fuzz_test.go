@@ -44,6 +44,7 @@ type fuzzServer struct {
 	clientTLS *tls.Config
 	passwords chan string
 	scrambles chan []byte
+	greetWith string // the plugin the greeting proposes
 }
 
 type fuzzAuthorizer struct {
@@ -87,7 +88,7 @@ const (
 
 var fuzzSettings = []string{config.ListenerTLSRequired, config.ListenerTLSOptional, config.ListenerTLSDisabled}
 
-func newFuzzServer(f *testing.F) *fuzzServer {
+func newFuzzServer(f *testing.F, opts ...Option) *fuzzServer {
 	f.Helper()
 	ca, err := testpg.NewCA("portcullis fuzz CA")
 	if err != nil {
@@ -110,9 +111,10 @@ func newFuzzServer(f *testing.F) *fuzzServer {
 		Proxy: config.Proxy{HandshakeTimeout: fuzzWait},
 	}
 	passwords, scrambles := make(chan string, 1), make(chan []byte, 1)
+	proto := New(opts...)
 	srv, err := proxy.New(cfg, proxy.Deps{
 		Authorizer: fuzzAuthorizer{passwords: passwords, scrambles: scrambles},
-		Protocols:  []proxy.Protocol{New()},
+		Protocols:  []proxy.Protocol{proto},
 		TLS:        &tls.Config{Certificates: []tls.Certificate{cert}},
 	})
 	if err != nil {
@@ -124,6 +126,7 @@ func newFuzzServer(f *testing.F) *fuzzServer {
 		clientTLS: &tls.Config{RootCAs: ca.Pool, ServerName: "localhost"},
 		passwords: passwords,
 		scrambles: scrambles,
+		greetWith: proto.greetPlugin(),
 	}
 	dir := f.TempDir()
 	var served sync.WaitGroup
@@ -177,8 +180,8 @@ func (fs *fuzzServer) dial(t *testing.T, setting string) *fuzzConn {
 	if (caps&gomysql.CLIENT_SSL != 0) != (setting != config.ListenerTLSDisabled) {
 		t.Fatalf("listener %s: greeting capabilities %#x", setting, caps)
 	}
-	if plugin != pluginCachingSHA2 {
-		t.Fatalf("greeting plugin %q", plugin)
+	if plugin != fs.greetWith {
+		t.Fatalf("greeting plugin %q, want %q", plugin, fs.greetWith)
 	}
 	return fc
 }
@@ -400,8 +403,8 @@ func checkAnswer(t *testing.T, got *fuzzAnswer, code uint16, seq uint8) {
 }
 
 // FuzzAuthSwitchReply answers the switch to mysql_clear_password (which
-// every client that greets with another plugin gets) with arbitrary
-// bytes. The model: a packet over 64 KiB or out of sequence is refused
+// every client gets under AskCleartext: the greeting proposes
+// mysql_native_password) with arbitrary bytes. The model: a packet over 64 KiB or out of sequence is refused
 // (1153, 1156) before it is buffered; a packet the stream ends inside is
 // dropped quietly; a whole packet is the password, up to its first NUL,
 // and exactly that reaches the authorizer (refused: 1045). Nothing else
@@ -410,7 +413,7 @@ func FuzzAuthSwitchReply(f *testing.F) {
 	for _, seed := range replySeeds() {
 		f.Add(seed)
 	}
-	fs := newFuzzServer(f)
+	fs := newFuzzServer(f, AskCleartext())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c := fs.dial(t, config.ListenerTLSRequired)
 		c.startTLS()
@@ -562,7 +565,7 @@ func FuzzHandshakeResponse(f *testing.F) {
 				code = r.code
 			case err != nil:
 				t.Fatalf("the handshake parser failed with %v, not a refusal", err)
-			case setting != config.ListenerTLSRequired && hs.plugin != pluginCachingSHA2 && len(hs.auth) > 0 && hs.caps&gomysql.CLIENT_PLUGIN_AUTH != 0:
+			case setting != config.ListenerTLSRequired && hs.plugin != pluginCachingSHA2 && hs.caps&gomysql.CLIENT_PLUGIN_AUTH != 0:
 				// Switched to caching_sha2_password: whatever follows in
 				// data is the answer. Only the rule above, that no
 				// password reaches the authorizer, applies.

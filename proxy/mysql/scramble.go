@@ -36,10 +36,12 @@ func (fe *frontend) plainAllowed() bool {
 }
 
 // switchToSHA2 asks a client without TLS that answered the greeting with
-// another plugin (mysql_native_password, say: MariaDB's client library
-// falls back to it when its caching_sha2_password plugin is not loaded
-// yet) to answer again with caching_sha2_password, over the same nonce,
-// so that a session key can be proven by its scramble.
+// another plugin to answer again with caching_sha2_password, over the
+// same nonce, so that a session key can be proven by its scramble.
+// MariaDB's client library starts on mysql_native_password when told to,
+// or when its caching_sha2_password plugin (a shared object it loads on
+// first use, racing when many threads connect at once) is not loaded
+// yet, and then answers the greeting with an empty response.
 func (fe *frontend) switchToSHA2() error {
 	if err := fe.c.Step(); err != nil {
 		return err

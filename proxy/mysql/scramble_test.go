@@ -7,9 +7,11 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/base32"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -298,14 +300,18 @@ func TestScrambleExchange(t *testing.T) {
 	}
 
 	// A client that answered with another plugin is switched to
-	// caching_sha2_password over the same nonce, and proves the key there.
-	for _, plugin := range []string{pluginNative, pluginClear} {
-		t.Run("switched from "+plugin, func(t *testing.T) {
+	// caching_sha2_password over the same nonce, and proves the key there,
+	// whether it answered that plugin's way or (as MariaDB's library does
+	// for a plugin it is not using) with nothing.
+	for _, first := range []struct{ plugin, auth string }{
+		{pluginNative, strings.Repeat("\x07", 20)},
+		{pluginNative, ""},
+		{pluginClear, "not sent in the clear\x00"},
+	} {
+		t.Run(fmt.Sprintf("switched from %s with %d bytes", first.plugin, len(first.auth)), func(t *testing.T) {
 			r := dialRaw(t, optional)
-			first := bytes.Repeat([]byte{7}, 20)
-			if plugin == pluginClear {
-				first = []byte("not sent in the clear\x00")
-			}
+			plugin := first.plugin
+			first := []byte(first.auth)
 			r.write(buildHandshakeResponse(rawCaps, aliceUPN, first, "app", plugin))
 			p, err := r.read()
 			want := append(append([]byte{0xfe}, pluginCachingSHA2+"\x00"...), append(append([]byte(nil), r.nonce...), 0)...)
@@ -322,6 +328,23 @@ func TestScrambleExchange(t *testing.T) {
 			}
 		})
 	}
+
+	// A switched client with no password answers the switch with an empty
+	// scramble, and is refused as one that started without a password.
+	t.Run("switched, without a password", func(t *testing.T) {
+		r := dialRaw(t, optional)
+		r.write(buildHandshakeResponse(rawCaps, aliceUPN, nil, "app", pluginNative))
+		if p, err := r.read(); err != nil || len(p) == 0 || p[0] != 0xfe {
+			t.Fatalf("want an auth switch, got %q, %v", p, err)
+		}
+		r.write(nil)
+		p, err := r.read()
+		code, state, msg := errOf(p)
+		if err != nil || code != gomysql.ER_ACCESS_DENIED_ERROR || state != stateAccessDenied ||
+			!strings.Contains(msg, "only over TLS: connect with --ssl") || strings.Contains(msg, "session key") {
+			t.Errorf("got ERR %d (%s) %q, %v; want 1045 saying to connect with --ssl", code, state, msg, err)
+		}
+	})
 
 	tests := []struct {
 		name   string
@@ -358,11 +381,12 @@ func TestCLIWithoutTLS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	_, port, _ := net.SplitHostPort(optional)
-	cli := func(password string) (string, string, error) {
+	cli := func(password string, more ...string) (string, string, error) {
 		var stdout, stderr bytes.Buffer
-		cmd := exec.CommandContext(ctx, mariadbCLI(t), "--no-defaults", "--skip-ssl",
-			"-h", "127.0.0.1", "-P", port, "-u", aliceUPN, "--password="+password, "--connect-timeout=20",
-			"-D", "app", "-N", "-B", "-e", "SELECT CURRENT_USER()")
+		args := append([]string{"--no-defaults", "--skip-ssl",
+			"-h", "127.0.0.1", "-P", port, "-u", aliceUPN, "--password=" + password, "--connect-timeout=20",
+			"-D", "app", "-N", "-B", "-e", "SELECT CURRENT_USER()"}, more...)
+		cmd := exec.CommandContext(ctx, mariadbCLI(t), args...)
 		cmd.Env = []string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH")}
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
@@ -378,9 +402,57 @@ func TestCLIWithoutTLS(t *testing.T) {
 	}
 	h.waitEvent("auth.succeeded", func(m map[string]any) bool { return m["method"] == string(auth.MethodSessionKey) })
 
+	// A client starting on mysql_native_password, as MariaDB's library
+	// does when its caching_sha2_password plugin is not loaded yet (the
+	// first connections of a multi-threaded program, all at once), answers
+	// the greeting with nothing at all; it is switched and gets in.
+	out, errOut, err = cli(key, "--default-auth=mysql_native_password")
+	if err != nil {
+		t.Fatalf("mariadb --skip-ssl --default-auth=mysql_native_password with the session key: %v: %s", err, errOut)
+	}
+	if got := strings.TrimSpace(out); got != userNative.Name+"@%" {
+		t.Errorf("starting on mysql_native_password: CURRENT_USER() = %q, want %s@%%", got, userNative.Name)
+	}
+
 	_, errOut, err = cli(otherKey(key))
 	if err == nil || !strings.Contains(errOut, "ERROR 1045 (28000)") || !strings.Contains(errOut, "only a valid session key") {
 		t.Errorf("a wrong key: %v: %s", err, errOut)
+	}
+	h.noSecretsLogged(key)
+}
+
+// Over TLS, a client that answered the greeting with another plugin is
+// switched to caching_sha2_password, the greeting's own, over the same
+// nonce, then asked for full authentication: a client whose library
+// loads plugins on first use already holds that one (or is loading it
+// for a thread beside it), where a switch to mysql_clear_password would
+// make every such thread load another plugin at once.
+func TestSwitchOverTLS(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	key, err := h.signIn(aliceUPN, aliceUPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, first := range [][]byte{nil, bytes.Repeat([]byte{7}, 20)} {
+		t.Run(fmt.Sprintf("from mysql_native_password with %d bytes", len(first)), func(t *testing.T) {
+			r := dialRaw(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(h.port())))
+			r.startTLS(h.tlsCfg)
+			r.write(buildHandshakeResponse(rawCaps|gomysql.CLIENT_SSL, aliceUPN, first, "app", pluginNative))
+			p, err := r.read()
+			want := append(append([]byte{0xfe}, pluginCachingSHA2+"\x00"...), append(append([]byte(nil), r.nonce...), 0)...)
+			if err != nil || !bytes.Equal(p, want) {
+				t.Fatalf("want an auth switch to caching_sha2_password over the greeting's nonce, got %q, %v", p, err)
+			}
+			r.write(bytes.Repeat([]byte{9}, 32))
+			if p, err = r.read(); err != nil || !bytes.Equal(p, []byte{authMoreDataHeader, sha2PerformFullAuth}) {
+				t.Fatalf("want perform_full_authentication, got %q, %v", p, err)
+			}
+			r.write(append([]byte(key), 0))
+			if p, err = r.read(); err != nil || len(p) == 0 || p[0] != gomysql.OK_HEADER {
+				code, _, msg := errOf(p)
+				t.Fatalf("want the OK, got ERR %d %q, %v", code, msg, err)
+			}
+		})
 	}
 	h.noSecretsLogged(key)
 }
