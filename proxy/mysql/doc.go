@@ -39,13 +39,12 @@
 //     with another plugin (often with nothing: MariaDB's library starts on
 //     mysql_native_password when its caching_sha2_password plugin is not
 //     loaded yet) is switched to caching_sha2_password over the same nonce
-//     and then asked for full authentication, with or without TLS; the
-//     greeting's plugin is the one such a library has just loaded, where a
-//     switch to another would make many threads load one at once, and lose
-//     the race. AskCleartext greets with mysql_native_password and
-//     switches every client to mysql_clear_password instead, so its
-//     clients have no scramble to offer without TLS. Without TLS there is
-//     no password: the scramble goes to auth (Request.Scramble), which
+//     (then, over TLS, asked for full authentication): the greeting's
+//     plugin is the one such a library has just loaded, where a switch to
+//     another would make many threads load one at once, and lose the race.
+//     AskCleartext greets with mysql_native_password and, over TLS,
+//     switches such clients to mysql_clear_password instead. Without TLS
+//     there is no password: the scramble goes to auth (Request.Scramble), which
 //     checks it, in constant time, against the login's live session keys,
 //     stored under SHA-256(SHA-256(key)), the very verifier a MySQL server
 //     keeps; keys stored by an older portcullis under SHA-256(key) are never

@@ -212,23 +212,22 @@ func (fe *frontend) readPassword() (string, error) {
 	// mysql_native_password, and would lose again loading
 	// mysql_clear_password for the switch), or with AskCleartext,
 	// mysql_clear_password.
+	if !fe.p.cleartext {
+		if err := fe.switchToSHA2(); err != nil {
+			return "", err
+		}
+		return fe.fullAuth(fe.hs.auth)
+	}
 	if err := fe.c.Step(); err != nil {
 		return "", err
 	}
 	fe.switched = true
-	plugin, data := pluginCachingSHA2, append(append([]byte(nil), fe.scramble...), 0)
-	if fe.p.cleartext {
-		plugin, data = pluginClear, nil
-	}
-	if err := fe.pc.writePacket(authSwitch(plugin, data)); err != nil {
+	if err := fe.pc.writePacket(authSwitch(pluginClear, nil)); err != nil {
 		return "", err
 	}
 	p, err := fe.readAuthPacket()
 	if err != nil {
 		return "", err
-	}
-	if plugin == pluginCachingSHA2 {
-		return fe.fullAuth(p)
 	}
 	return string(trimNUL(p)), nil
 }

@@ -35,9 +35,10 @@ func (fe *frontend) plainAllowed() bool {
 	return false
 }
 
-// switchToSHA2 asks a client without TLS that answered the greeting with
-// another plugin to answer again with caching_sha2_password, over the
-// same nonce, so that a session key can be proven by its scramble.
+// switchToSHA2 asks a client that answered the greeting with another
+// plugin to answer again with caching_sha2_password, over the same nonce:
+// without TLS so that a session key can be proven by its scramble, over
+// TLS to be asked for full authentication.
 // MariaDB's client library starts on mysql_native_password when told to,
 // or when its caching_sha2_password plugin (a shared object it loads on
 // first use, racing when many threads connect at once) is not loaded
