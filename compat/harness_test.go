@@ -403,6 +403,16 @@ func mustHave(t *testing.T, what string, err error) {
 }
 
 // firstLine is the first line of s, for short reasons.
+// lineMatching is the first line of s that re matches, or s's first line.
+func lineMatching(s string, re *regexp.Regexp) string {
+	for line := range strings.Lines(s) {
+		if re.MatchString(line) {
+			return strings.TrimSpace(line)
+		}
+	}
+	return firstLine(s)
+}
+
 func firstLine(s string) string {
 	s = strings.TrimSpace(s)
 	if i := strings.IndexByte(s, '\n'); i >= 0 {

@@ -80,3 +80,19 @@ func TestParseDocRejectsGarbage(t *testing.T) {
 		})
 	}
 }
+
+// TestAccessDeniedIsTheErrorNotThePort: a refusal is the server's error
+// 1045 as the clients print it, not any 1045 in their output (sysbench
+// names the port it failed to reach).
+func TestAccessDeniedIsTheErrorNotThePort(t *testing.T) {
+	for text, want := range map[string]bool{
+		"ERROR 1045 (28000): Access denied for user 'ana'":                         true,
+		"FATAL: error 1045: Access denied for user 'ana'":                          true,
+		"FATAL: unable to connect to MySQL server on host '127.0.0.1', port 41045": false,
+		"FATAL: error 2026: TLS/SSL error: certificate verify failed":              false,
+	} {
+		if got := accessDeniedRE.MatchString(text); got != want {
+			t.Errorf("accessDeniedRE on %q = %v, want %v", text, got, want)
+		}
+	}
+}
