@@ -23,6 +23,8 @@ const (
 	DefaultHandshakeTimeout = 30 * time.Second
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultMaxStartupBytes  = 10000
+	// MaxRelayThreads bounds proxy.relay_threads.
+	MaxRelayThreads = 256
 
 	DefaultServicePrincipalCacheTTL = 5 * time.Minute
 	DefaultRecheck                  = 5 * time.Minute

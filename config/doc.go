@@ -92,6 +92,7 @@
 //	proxy.handshake_timeout            30s
 //	proxy.drain_timeout                30s
 //	proxy.max_startup_bytes            10000
+//	proxy.relay_threads                0: half the CPUs, at least 1; -1 turns the event loop off
 //	log.format                         json | console; json
 //	log.level                          debug | info | warn | error; info
 //

@@ -108,6 +108,7 @@ func TestDefaults(t *testing.T) {
 		{"handshake_timeout", cfg.Proxy.HandshakeTimeout, 30 * time.Second},
 		{"drain_timeout", cfg.Proxy.DrainTimeout, 30 * time.Second},
 		{"max_startup_bytes", cfg.Proxy.MaxStartupBytes, 10000},
+		{"relay_threads", cfg.Proxy.RelayThreads, 0},
 		{"log format", cfg.Log.Format, "json"},
 		{"log level", cfg.Log.Level, "info"},
 	}
@@ -288,6 +289,7 @@ func TestValidation(t *testing.T) {
 		{"negative drain", tail("proxy:\n  drain_timeout: -1s #<\n"), nil, "proxy.drain_timeout: must not be negative"},
 		{"startup bytes range", tail("proxy:\n  max_startup_bytes: 100000000 #<\n"), nil, "proxy.max_startup_bytes: must be between 1 and 1048576"},
 		{"not a number", tail("proxy:\n  max_startup_bytes: lots #<\n"), nil, `proxy.max_startup_bytes: must be a whole number, got "lots"`},
+		{"relay threads range", tail("proxy:\n  relay_threads: -2 #<\n"), nil, "proxy.relay_threads: must be -1 (off), 0 (half the CPUs) or up to 256, got -2"},
 		{"log format", tail("log:\n  format: text #<\n"), nil, `log.format: must be json or console, got "text"`},
 		{"log level", tail("log:\n  level: verbose #<\n"), nil, `log.level: must be one of debug, info, warn or error, got "verbose"`},
 

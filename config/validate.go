@@ -79,6 +79,9 @@ func (c *Config) validate(ps *problems) {
 	if n := c.Proxy.MaxStartupBytes; n < 0 || n > 1<<20 {
 		ps.add("proxy.max_startup_bytes", "must be between 1 and %d, got %d", 1<<20, n)
 	}
+	if n := c.Proxy.RelayThreads; n < -1 || n > MaxRelayThreads {
+		ps.add("proxy.relay_threads", "must be -1 (off), 0 (half the CPUs) or up to %d, got %d", MaxRelayThreads, n)
+	}
 
 	oneOf(ps, "log.format", c.Log.Format, LogJSON, LogConsole)
 	oneOf(ps, "log.level", c.Log.Level, "debug", "info", "warn", "error")

@@ -39,6 +39,9 @@ type Conn struct {
 
 	toBackend atomic.Int64
 	toClient  atomic.Int64
+	// adopted are connections the relay made over the session's sockets,
+	// closed with raw. Only the connection's own goroutine touches them.
+	adopted []net.Conn
 
 	mu       sync.Mutex
 	login    string

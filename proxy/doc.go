@@ -30,13 +30,30 @@
 //
 // # Splice
 //
-// Conn.Splice copies both directions with one goroutine each, counting
-// bytes, and half-closes: when the client stops sending, the backend's
-// write side is shut and the backend's answer still flows back, and the
-// other way round. It ends when both directions have ended, or at once
-// when either fails. Bytes a protocol codec read ahead during the
-// handshake travel in Relay.ClientPending and Relay.BackendPending and go
-// first, so none is lost at the hand-off.
+// Conn.Splice copies both directions (the client's on the connection's
+// own goroutine, the backend's on one more), counting bytes, and
+// half-closes: when the client stops sending, the backend's write side is
+// shut and the backend's answer still flows back, and the other way round.
+// It ends when both directions have ended, or at once when either fails.
+// Bytes a protocol codec read ahead during the handshake travel in
+// Relay.ClientPending and Relay.BackendPending and go first, so none is
+// lost at the hand-off. A protocol that must act on some of the client's
+// messages itself (MySQL's COM_CHANGE_USER and KILL) gives a
+// Relay.FromClient filter, which sees each chunk before the backend does
+// and may answer the client between two of the backend's messages.
+//
+// Bare sockets are read and written with raw non-blocking system calls,
+// waiting through the runtime's poller. A protocol does its handshakes
+// (the client's, and its login to the backend) over PollSocket and builds
+// TLS connections on it, so that logins and TLS sessions cost the same
+// way; the splice reads a poll socket's descriptor as it does a bare one.
+//
+// A session whose two legs are bare sockets and which has no filter is
+// relayed by an event loop (eventloop_linux.go) while its bytes simply
+// flow: one goroutine per loop serves every ready socket of its sessions
+// per wake-up. Stream ends are passed on there; a reset, an error or the
+// session's end hands the sockets back, with the bytes the loop held, to
+// the goroutines above. Proxy.RelayThreads sets the number of loops.
 //
 // # Ending sessions: drain and kill
 //

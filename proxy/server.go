@@ -400,6 +400,7 @@ func (s *Server) serveConn(l config.Listener, proto Protocol, raw net.Conn) {
 	defer raw.Close()
 
 	c := s.newConn(l, proto.Name(), raw)
+	defer c.closeAdopted()
 	s.metrics.ConnAccepted(l.Name, proto.Name())
 	defer c.cancel(nil)
 	s.register(c)

@@ -31,6 +31,38 @@ type Framer interface {
 	Pending() int
 }
 
+// ClientFilter stands between the client and the backend for a protocol
+// that must act on some of the client's messages itself (MySQL's
+// COM_CHANGE_USER and KILL). The splice hands it every chunk it reads
+// from the client; the filter decides what the backend gets. It is on
+// every chunk's path, so it should look at headers and pass the chunk on
+// whole where nothing in it needs attention.
+type ClientFilter interface {
+	// Filter passes on p, the next bytes from the client, through out.
+	// p is only valid until Filter returns: bytes kept for later must be
+	// copied.
+	Filter(p []byte, out FilterOutput) error
+	// End is told that the client's stream ended cleanly; it passes on
+	// whatever it still holds.
+	End(out FilterOutput) error
+}
+
+// FilterOutput is where a ClientFilter sends what it lets through and
+// what it answers itself.
+type FilterOutput interface {
+	// ToBackend relays p to the backend.
+	ToBackend(p []byte) error
+	// ToClient writes p, one whole answer of portcullis's own, to the
+	// client between two of the backend's messages. It fails with
+	// ErrBackendMidMessage if a message of the backend's is half written.
+	ToClient(p []byte) error
+}
+
+// ErrBackendMidMessage is why FilterOutput.ToClient refuses to write: the
+// client would get portcullis's answer in the middle of a message of the
+// backend's.
+var ErrBackendMidMessage = errors.New("the backend is in the middle of a message to the client")
+
 // Relay is a client and a backend, both past their handshakes, ready to
 // be spliced. The protocol has already answered the client.
 type Relay struct {
@@ -47,6 +79,9 @@ type Relay struct {
 	// them, a session portcullis ends is simply closed.
 	ToBackend Framer
 	ToClient  Framer
+	// FromClient, if set, sees the client's bytes (ClientPending first)
+	// before the backend does, and may answer the client itself.
+	FromClient ClientFilter
 	// Goodbye writes to the client, between two messages, the protocol's
 	// error saying why the session ends (cause is ErrShuttingDown,
 	// ErrTerminated, a *RevokedError, or a *BackendLostError when the
@@ -161,6 +196,18 @@ type relayResult struct {
 }
 
 func (c *Conn) relay(r Relay) (reason string, err error) {
+	if out, handled, err := c.onEventLoop(r); handled {
+		if out.ended {
+			return out.reason, nil
+		}
+		// The connections are new ones over the same sockets; they close
+		// with the connection, as the ones they replace would have.
+		c.adopt(out.next.Client, out.next.Backend)
+		if err != nil {
+			return c.leftLoopBroken(out.next, err)
+		}
+		r = out.next
+	}
 	var ending atomic.Bool
 	endingSet := make(chan struct{})
 	stop := context.AfterFunc(c.ctx, func() {
@@ -179,8 +226,15 @@ func (c *Conn) relay(r Relay) (reason string, err error) {
 	// half-closes the other side ranks itself first, so that the answer
 	// it provokes cannot overtake it.
 	var rank atomic.Int32
-	up := &direction{name: "client -> backend", src: r.Client, dst: r.Backend, pending: r.ClientPending, framer: r.ToBackend, count: &c.toBackend, rank: &rank}
-	down := &direction{name: "backend -> client", src: r.Backend, dst: r.Client, pending: r.BackendPending, framer: r.ToClient, count: &c.toClient, rank: &rank}
+	up := newDirection("client -> backend", r.Client, r.Backend, r.ClientPending, r.ToBackend, &c.toBackend, &rank)
+	down := newDirection("backend -> client", r.Backend, r.Client, r.BackendPending, r.ToClient, &c.toClient, &rank)
+	if r.FromClient != nil {
+		// The filter's answers and the backend's messages share the
+		// client's stream: the backend's direction writes under a lock.
+		down.mu = new(sync.Mutex)
+		up.filter = r.FromClient
+		up.out = &filterOutput{up: up, down: down}
+	}
 
 	// If the first direction to end failed, one side is broken and nothing
 	// more can usefully flow the other way: it wakes the other direction
@@ -354,6 +408,16 @@ type direction struct {
 	ranked  int32         // 1 if this direction ended first
 	broken  net.Conn      // src or dst, whichever failed
 	sink    chunkSink
+	// mu, if set, is held while writing to dst, which others write to as
+	// well (a filter's answers to the client).
+	mu *sync.Mutex
+	// filter, if set, decides what of src reaches dst; out is its output.
+	filter ClientFilter
+	out    *filterOutput
+}
+
+func newDirection(name string, src, dst net.Conn, pending []byte, framer Framer, count *atomic.Int64, rank *atomic.Int32) *direction {
+	return &direction{name: name, src: src, dst: dst, pending: pending, framer: framer, count: count, rank: rank, sink: newChunkSink(dst)}
 }
 
 // end ranks the direction as it sees its end.
@@ -365,9 +429,8 @@ type closeWriter interface{ CloseWrite() error }
 
 func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 	if len(d.pending) > 0 {
-		if err := d.write(d.pending); err != nil {
+		if err := d.pass(d.pending); err != nil {
 			d.end()
-			d.broken = d.dst
 			return outFailed, err
 		}
 		d.pending = nil
@@ -377,11 +440,10 @@ func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 	for {
 		p, err := src.next()
 		if len(p) > 0 {
-			werr := d.write(p)
+			werr := d.pass(p)
 			src.passed()
 			if werr != nil {
 				d.end()
-				d.broken = d.dst
 				return outFailed, werr
 			}
 		}
@@ -391,6 +453,12 @@ func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 		d.end()
 		switch {
 		case errors.Is(err, io.EOF):
+			if d.filter != nil {
+				if err := d.filter.End(d.out); err != nil {
+					d.broken = d.out.failedOn()
+					return outFailed, err
+				}
+			}
 			if cw, ok := d.dst.(closeWriter); ok {
 				if err := cw.CloseWrite(); err != nil {
 					d.broken = d.dst
@@ -407,9 +475,27 @@ func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 	}
 }
 
+// pass relays p, through the filter if there is one, noting on failure
+// which connection broke.
+func (d *direction) pass(p []byte) error {
+	if d.filter == nil {
+		err := d.write(p)
+		if err != nil {
+			d.broken = d.dst
+		}
+		return err
+	}
+	err := d.filter.Filter(p, d.out)
+	if err != nil {
+		d.broken = d.out.failedOn()
+	}
+	return err
+}
+
 func (d *direction) write(p []byte) error {
-	if d.sink == nil {
-		d.sink = newChunkSink(d.dst)
+	if d.mu != nil {
+		d.mu.Lock()
+		defer d.mu.Unlock()
 	}
 	if err := d.sink.write(p); err != nil {
 		return fmt.Errorf("%s: write: %w", d.name, err)
@@ -419,6 +505,45 @@ func (d *direction) write(p []byte) error {
 		d.framer.Relayed(p)
 	}
 	return nil
+}
+
+// filterOutput is the FilterOutput of the client's direction: up relays
+// to the backend, down is the direction whose stream to the client the
+// filter's answers join.
+type filterOutput struct {
+	up, down *direction
+	failed   net.Conn // the connection a write failed on
+}
+
+func (o *filterOutput) ToBackend(p []byte) error {
+	err := o.up.write(p)
+	if err != nil {
+		o.failed = o.up.dst
+	}
+	return err
+}
+
+func (o *filterOutput) ToClient(p []byte) error {
+	d := o.down
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.framer != nil && d.framer.Pending() != 0 {
+		return ErrBackendMidMessage
+	}
+	if err := d.sink.write(p); err != nil {
+		o.failed = o.up.src
+		return fmt.Errorf("client: answer: %w", err)
+	}
+	return nil
+}
+
+// failedOn is the connection to blame for a filter's failure: the one a
+// write failed on, else the client, whose bytes the filter refused.
+func (o *filterOutput) failedOn() net.Conn {
+	if o.failed != nil {
+		return o.failed
+	}
+	return o.up.src
 }
 
 // chunkSource reads a direction chunk by chunk into a relay buffer that
@@ -443,11 +568,14 @@ func newChunkSource(c net.Conn) chunkSource {
 	return &heldSource{conn: c}
 }
 
-// plainSocket is c's descriptor if c is a bare socket. Only those are
-// read and written through their descriptors: a wrapper (TLS, or
-// anything else embedding a *net.TCPConn) may hold bytes of its own.
+// plainSocket is c's descriptor if c is a bare socket or a PollSocket of
+// one. Only those are read and written through their descriptors: a
+// wrapper (TLS, or anything else embedding a *net.TCPConn) may hold bytes
+// of its own.
 func plainSocket(c net.Conn) syscall.RawConn {
 	switch c := c.(type) {
+	case *pollSocket:
+		return c.rc
 	case *net.TCPConn, *net.UnixConn:
 		if rc, err := c.(syscall.Conn).SyscallConn(); err == nil {
 			return rc
@@ -576,23 +704,31 @@ func (s *rawSource) read(fd uintptr) bool {
 	if s.buf == nil {
 		s.buf = relayBuffers.Get().(*[]byte)
 	}
-	buf := *s.buf
+	var ready bool
+	s.n, ready, s.err = readSome(fd, *s.buf)
+	if !ready {
+		// Nothing to read: wait without holding the buffer.
+		relayBuffers.Put(s.buf)
+		s.buf = nil
+	}
+	return ready
+}
+
+// readSome reads into p from a non-blocking descriptor, retrying when a
+// signal interrupts. ready is false when there is nothing to read yet;
+// otherwise n bytes were read (0 at the end of the stream) or err is set.
+func readSome(fd uintptr, p []byte) (n int, ready bool, err error) {
 	for {
-		n, errno := rawIO(syscall.SYS_READ, fd, buf)
+		n, errno := rawIO(syscall.SYS_READ, fd, p)
 		switch errno {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			// Nothing to read: wait without holding the buffer.
-			relayBuffers.Put(s.buf)
-			s.buf = nil
-			return false
+			return 0, false, nil
 		case 0:
-			s.n, s.err = n, nil
-		default:
-			s.n, s.err = 0, errno
+			return n, true, nil
 		}
-		return true
+		return 0, true, errno
 	}
 }
 
@@ -620,73 +756,38 @@ func (s *rawSource) close() {
 	}
 }
 
-// SocketIO returns a reader and writer of c that, where c is a bare TCP or
-// Unix socket, reads and writes its descriptor as the splice does (no
-// system-call bookkeeping, waits through the runtime's poller, deadlines
-// honoured), and otherwise c itself. A protocol that wraps the client
-// connection to watch its commands reads and writes through it, so that
-// its sessions relay as cheaply as unwrapped ones.
-func SocketIO(c net.Conn) io.ReadWriter {
-	rc := plainSocket(c)
-	if rc == nil {
-		return c
-	}
-	s := &socketIO{rc: rc, sink: rawSink{rc: rc}}
-	s.readFn = s.read
-	s.sink.writeFn = s.sink.writeSome
-	return s
-}
-
-// socketIO reads into the caller's buffer and writes through a rawSink.
-type socketIO struct {
-	rc     syscall.RawConn
-	readFn func(fd uintptr) bool // s.read, made once
-	p      []byte                // the buffer of the read in progress
-	n      int
-	err    error
-	sink   rawSink
-}
-
-func (s *socketIO) read(fd uintptr) bool {
-	for {
-		n, errno := rawIO(syscall.SYS_READ, fd, s.p)
-		switch errno {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		case 0:
-			s.n, s.err = n, nil
-		default:
-			s.n, s.err = 0, errno
+// adopt makes conns close when the connection does.
+func (c *Conn) adopt(conns ...net.Conn) {
+	for _, n := range conns {
+		if n != nil {
+			c.adopted = append(c.adopted, n)
 		}
-		return true
 	}
 }
 
-// Read implements io.Reader.
-func (s *socketIO) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+func (c *Conn) closeAdopted() {
+	for _, n := range c.adopted {
+		n.Close()
 	}
-	s.p = p
-	err := s.rc.Read(s.readFn)
-	s.p = nil
-	switch {
-	case err != nil:
-		return 0, err // deadline, or closed
-	case s.err != nil:
-		return 0, os.NewSyscallError("read", s.err)
-	case s.n == 0:
-		return 0, io.EOF
-	}
-	return s.n, nil
 }
 
-// Write implements io.Writer.
-func (s *socketIO) Write(p []byte) (int, error) {
-	if err := s.sink.write(p); err != nil {
-		return 0, err
+// leftLoopBroken ends a session whose event loop gave it back broken: a
+// read failed on one side, or the sockets could not become connections
+// again. As when a direction fails, a broken backend leaves the client
+// to be told why its session ends, once the bytes it is owed are written.
+func (c *Conn) leftLoopBroken(r Relay, err error) (string, error) {
+	var lre *loopReadError
+	if !errors.As(err, &lre) || lre.side != sideBackend || r.Client == nil {
+		return endError, err
 	}
-	return len(p), nil
+	r.Backend.Close()
+	if len(r.BackendPending) > 0 {
+		r.Client.SetWriteDeadline(time.Now().Add(farewellGrace))
+		down := newDirection("backend -> client", r.Backend, r.Client, nil, r.ToClient, &c.toClient, new(atomic.Int32))
+		if down.write(r.BackendPending) != nil {
+			return endError, err
+		}
+	}
+	c.backendLost(r, err)
+	return endError, err
 }

@@ -105,7 +105,9 @@ func connectBackend(ctx context.Context, res config.Resource, creds auth.Backend
 		}
 		mu.Lock()
 		defer mu.Unlock()
-		bc = &boundedConn{Conn: raw}
+		// The login's reads and writes go through proxy.PollSocket, as
+		// the splice's do.
+		bc = &boundedConn{Conn: proxy.PollSocket(raw)}
 		return bc, nil
 	}
 	collation := collationName(login.collation)
@@ -180,7 +182,8 @@ func connectBackend(ctx context.Context, res config.Resource, creds auth.Backend
 	bc.release()
 	if b, ok := conn.(*boundedConn); ok {
 		// No TLS: nothing of the stream is held above the socket, so the
-		// relay gets the socket itself and reads and writes it directly.
+		// relay gets the (poll) socket itself and reads and writes its
+		// descriptor directly.
 		conn = b.Conn
 	}
 

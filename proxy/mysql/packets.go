@@ -10,6 +10,8 @@ import (
 	"net"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/portcullisdb/portcullis/proxy"
 )
 
 // maxHandshakeBytes bounds every packet a client sends before the splice:
@@ -23,7 +25,9 @@ const maxHandshakeBytes = 64 << 10
 // ids and sizes, and reads through a bufio.Reader whose unread bytes go
 // to the backend first when the splice starts.
 type packetConn struct {
-	conn net.Conn // the raw connection, then its TLS wrapper
+	// conn is the client's connection, through proxy.PollSocket (so that
+	// a login's packets cost what relayed ones do), then its TLS wrapper.
+	conn net.Conn
 	br   *bufio.Reader
 	seq  uint8 // the sequence id of the next packet, either way
 }
@@ -36,8 +40,8 @@ func newPacketConn(conn net.Conn) *packetConn {
 
 // use makes conn the connection to talk over, with a fresh read buffer.
 func (pc *packetConn) use(conn net.Conn) {
-	pc.conn = conn
-	pc.br = bufio.NewReaderSize(conn, 4096)
+	pc.conn = proxy.PollSocket(conn)
+	pc.br = bufio.NewReaderSize(pc.conn, 4096)
 }
 
 // readPacket reads the next packet's payload. A packet longer than

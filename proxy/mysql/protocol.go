@@ -129,14 +129,15 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 
 	// 6. Relay until either side is done.
 	var last atomic.Uint32
-	client := &clientStream{Conn: fe.pc.conn, io: proxy.SocketIO(fe.pc.conn), pending: fe.pc.pending(), kills: p.sessions.killerFor(dec.Identity.ObjectID)}
 	return c.Splice(proxy.Relay{
-		Client:    client,
-		Backend:   be.conn,
-		ToBackend: &packetFramer{last: &last},
-		ToClient:  &packetFramer{last: &last},
-		Goodbye:   goodbye(&last),
-		Terminate: terminate,
+		Client:        fe.pc.conn,
+		Backend:       be.conn,
+		ClientPending: fe.pc.pending(),
+		ToBackend:     &packetFramer{last: &last},
+		ToClient:      &packetFramer{last: &last},
+		FromClient:    &commandFilter{kills: p.sessions.killerFor(dec.Identity.ObjectID)},
+		Goodbye:       goodbye(&last),
+		Terminate:     terminate,
 	})
 }
 

@@ -5,21 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"regexp"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/portcullisdb/portcullis/proxy"
 )
 
-// clientStream is the client connection as the splice sees it. Writes
-// (the backend's answers) pass through, followed packet by packet. Reads
-// (the client's commands) pass through too, except for two commands it
-// spots by their first byte at the start of a command (sequence id 0),
-// without decoding anything else:
+// commandFilter is the splice's filter of what the client sends (a
+// proxy.ClientFilter). Everything passes through unchanged, read into the
+// splice's own buffer and handed on whole, except two commands it spots
+// by their first byte at the start of a command (sequence id 0), without
+// decoding anything else:
 //
 //   - COM_CHANGE_USER never reaches the backend: portcullis answers it
 //     with an ERR and the session goes on as who it was, since switching
@@ -29,19 +29,15 @@ import (
 //     the mysql command line uses for Ctrl-C) is carried out by portcullis
 //     against that session's backend thread, if it belongs to the same
 //     person; any other KILL goes to the backend unchanged.
-type clientStream struct {
-	net.Conn
-	// io reads and writes Conn's socket as the splice would its own
-	// (proxy.SocketIO); nil means Conn itself.
-	io      io.ReadWriter
-	kills   killer
-	pending []byte // read from the client, not yet handed on
-	left    int    // bytes of the packet in flight still to hand on
-	drop    int    // bytes of a refused packet still to discard
-	rerr    error  // a read error to report once pending is empty
-
-	wmu  sync.Mutex
-	down packetFramer // follows what was written to the client
+//
+// Only the start of a packet that a chunk cuts before its header, its
+// command byte or (for a candidate KILL) its end is copied, to be looked
+// at with the next chunk.
+type commandFilter struct {
+	kills killer
+	held  []byte // the cut-off start of a packet, not yet passed on
+	left  int    // bytes of the packet in flight still to pass on
+	drop  int    // bytes of a refused packet still to discard
 }
 
 // killer carries out a KILL naming a portcullis connection id.
@@ -58,86 +54,123 @@ const killCandidateMax = 256
 
 var killStatement = regexp.MustCompile(`(?is)^\s*KILL\s+(?:(?:HARD|SOFT)\s+)?(QUERY\s+|CONNECTION\s+)?(\d{1,10})\s*;?\s*$`)
 
-func (s *clientStream) Read(p []byte) (int, error) {
-	for {
-		if len(p) == 0 {
-			return 0, nil
-		}
+// Filter passes p on, answering or replacing the commands it watches.
+func (f *commandFilter) Filter(p []byte, out proxy.FilterOutput) error {
+	if len(f.held) > 0 {
+		p = append(f.held, p...)
+		f.held = nil
+	}
+	from := 0 // the start of the run of bytes passed on as they are
+	for i := 0; i < len(p); {
 		switch {
-		case s.drop > 0:
-			if len(s.pending) > 0 {
-				k := min(s.drop, len(s.pending))
-				s.pending, s.drop = s.pending[k:], s.drop-k
-				continue
+		case f.drop > 0:
+			if err := pass(out, p[from:i]); err != nil {
+				return err
 			}
-			if err := s.fill(1); err != nil {
-				return 0, err
-			}
+			k := min(f.drop, len(p)-i)
+			i, f.drop = i+k, f.drop-k
+			from = i
 			continue
-		case s.left > 0:
-			if len(s.pending) == 0 {
-				if s.rerr != nil {
-					return 0, s.rerr
-				}
-				// The body of a packet in flight goes straight through.
-				n, err := s.rw().Read(p[:min(len(p), s.left)])
-				s.left -= n
-				if n > 0 {
-					return n, nil
-				}
-				return 0, err
-			}
-			k := copy(p[:min(len(p), s.left)], s.pending)
-			s.pending, s.left = s.pending[k:], s.left-k
-			return k, nil
+		case f.left > 0:
+			k := min(f.left, len(p)-i)
+			i, f.left = i+k, f.left-k
+			continue
 		}
 
 		// At the start of a packet: its header and first byte decide.
-		if err := s.fill(4); err != nil {
-			if len(s.pending) > 0 {
-				// A partial header before the end: hand it on as it is.
-				s.left = len(s.pending)
-				continue
-			}
-			return 0, err
+		rest := p[i:]
+		if len(rest) < 4 {
+			return f.hold(out, p[from:i], rest)
 		}
-		n := int(s.pending[0]) | int(s.pending[1])<<8 | int(s.pending[2])<<16
-		seq := s.pending[3]
-		if seq != 0 || n == 0 {
-			s.left = 4 + n
+		n := int(rest[0]) | int(rest[1])<<8 | int(rest[2])<<16
+		if rest[3] != 0 || n == 0 {
+			f.left = 4 + n
 			continue
 		}
-		if err := s.fill(5); err != nil {
-			s.left = len(s.pending)
-			continue
+		if len(rest) < 5 {
+			return f.hold(out, p[from:i], rest)
 		}
-		switch cmd := s.pending[4]; {
+		switch cmd := rest[4]; {
 		case cmd == gomysql.COM_CHANGE_USER:
-			s.drop = 4 + n
-			if err := s.answer(errPacket(gomysql.ER_NOT_SUPPORTED_YET, stateSyntaxAccess,
+			if err := pass(out, p[from:i]); err != nil {
+				return err
+			}
+			if err := answer(out, "COM_CHANGE_USER", errPacket(gomysql.ER_NOT_SUPPORTED_YET, stateSyntaxAccess,
 				"portcullis does not support COM_CHANGE_USER: this connection stays signed in as it is; open a new connection to sign in as someone else")); err != nil {
-				return 0, err
+				return err
 			}
+			f.drop = 4 + n
+			from = i
 			continue
-		case cmd == gomysql.COM_QUERY && n <= killCandidateMax && s.kills != nil:
-			if err := s.fill(4 + n); err != nil {
-				s.left = len(s.pending)
-				continue
+		case cmd == gomysql.COM_QUERY && n <= killCandidateMax && f.kills != nil && mayBeKill(rest[5:min(len(rest), 4+n)]):
+			if len(rest) < 4+n {
+				return f.hold(out, p[from:i], rest)
 			}
-			if replaced, err := s.interceptKill(n); err != nil {
-				return 0, err
-			} else if replaced {
+			replaced, err := f.interceptKill(out, p[from:i], rest[:4+n])
+			if err != nil {
+				return err
+			}
+			if replaced {
+				i += 4 + n
+				from = i
 				continue
 			}
 		}
-		s.left = 4 + n
+		f.left = 4 + n
 	}
+	return pass(out, p[from:])
 }
 
-// interceptKill handles a KILL of a portcullis connection id in the
-// COM_QUERY of n bytes at the front of pending.
-func (s *clientStream) interceptKill(n int) (bool, error) {
-	m := killStatement.FindSubmatch(s.pending[5 : 4+n])
+// End passes on a packet the client cut off before it closed, as it is.
+func (f *commandFilter) End(out proxy.FilterOutput) error {
+	held := f.held
+	f.held = nil
+	return pass(out, held)
+}
+
+// hold passes on before and keeps a copy of the cut-off packet start.
+func (f *commandFilter) hold(out proxy.FilterOutput, before, start []byte) error {
+	f.held = append([]byte(nil), start...)
+	return pass(out, before)
+}
+
+func pass(out proxy.FilterOutput, p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	return out.ToBackend(p)
+}
+
+// answer sends the client portcullis's own reply (sequence id 1) to the
+// command just read.
+func answer(out proxy.FilterOutput, command string, payload []byte) error {
+	err := out.ToClient(appendPacket(nil, 1, payload))
+	if errors.Is(err, proxy.ErrBackendMidMessage) {
+		return fmt.Errorf("client -> backend: %s arrived while the backend was answering an earlier command, so the two answers cannot be put in order: %w", command, err)
+	}
+	return err
+}
+
+// mayBeKill is a first look at the start of a COM_QUERY's statement, so
+// that only a statement starting with K goes to the regular expression.
+// Nothing but white space so far is undecided: true.
+func mayBeKill(sql []byte) bool {
+	for _, c := range sql {
+		switch c {
+		case ' ', '\t', '\r', '\n', '\f', '\v':
+			continue
+		}
+		return c|0x20 == 'k'
+	}
+	return true
+}
+
+// interceptKill handles pkt, a whole COM_QUERY packet, if it is a KILL of
+// a portcullis connection id: before (the bytes ahead of it) is passed
+// on, then the replacement or portcullis's answer. It reports whether it
+// did.
+func (f *commandFilter) interceptKill(out proxy.FilterOutput, before, pkt []byte) (bool, error) {
+	m := killStatement.FindSubmatch(pkt[5:])
 	if m == nil {
 		return false, nil
 	}
@@ -148,84 +181,22 @@ func (s *clientStream) interceptKill(n int) (bool, error) {
 	connection := len(m[1]) > 0 && (m[1][0] == 'C' || m[1][0] == 'c')
 	ctx, cancel := context.WithTimeout(context.Background(), killTimeout)
 	defer cancel()
-	handled, replace, errReply := s.kills.kill(ctx, uint32(id), connection)
+	handled, replace, errReply := f.kills.kill(ctx, uint32(id), connection)
 	if !handled {
 		return false, nil
 	}
-	rest := s.pending[4+n:]
+	if err := pass(out, before); err != nil {
+		return true, err
+	}
 	if replace != nil {
 		// The backend answers the replacement, with its own status.
-		s.pending = append(appendPacket(nil, 0, replace), rest...)
-		s.left = len(s.pending) - len(rest)
-		return true, nil
+		return true, out.ToBackend(appendPacket(nil, 0, replace))
 	}
-	s.pending = rest
-	return true, s.answer(errReply)
+	return true, answer(out, "KILL", errReply)
 }
 
 // killTimeout bounds carrying out an intercepted KILL.
 const killTimeout = 10 * time.Second
-
-// fill reads until pending holds at least n bytes; a read error is kept
-// for later when some bytes did arrive.
-func (s *clientStream) fill(n int) error {
-	for len(s.pending) < n {
-		if s.rerr != nil {
-			return s.rerr
-		}
-		buf := make([]byte, max(512, n-len(s.pending)))
-		k, err := s.rw().Read(buf)
-		s.pending = append(s.pending, buf[:k]...)
-		if err != nil {
-			s.rerr = err
-		}
-	}
-	return nil
-}
-
-// errPendingResponse ends a session whose client sent a command that
-// portcullis must answer itself while the backend was still answering an
-// earlier one: the two answers cannot be put in order.
-var errPendingResponse = errors.New("client -> backend: a command portcullis answers arrived while a response was in flight")
-
-// answer sends the client portcullis's own reply to the command just
-// read (sequence id 1), between two of the backend's packets.
-func (s *clientStream) answer(payload []byte) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if s.down.Pending() != 0 {
-		return errPendingResponse
-	}
-	if _, err := s.rw().Write(appendPacket(nil, 1, payload)); err != nil {
-		return fmt.Errorf("client: %w", err)
-	}
-	return nil
-}
-
-func (s *clientStream) Write(p []byte) (int, error) {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	n, err := s.rw().Write(p)
-	s.down.Relayed(p[:n])
-	return n, err
-}
-
-// rw is what the client's bytes are read from and written to.
-func (s *clientStream) rw() io.ReadWriter {
-	if s.io != nil {
-		return s.io
-	}
-	return s.Conn
-}
-
-// CloseWrite half-closes the client connection, as the splice does when
-// the backend is done.
-func (s *clientStream) CloseWrite() error {
-	if cw, ok := s.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}
 
 // packetFramer follows a stream of MySQL packets (3-byte length, 1-byte
 // sequence id, body) so a session can be ended between two of them. It

@@ -4,27 +4,36 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
-	"net"
+	"fmt"
+	"strings"
 	"testing"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/portcullisdb/portcullis/proxy"
 )
 
-// scriptedConn is a client connection that delivers in at most chunk
-// bytes per Read and records what is written to it.
-type scriptedConn struct {
-	net.Conn
-	in    *bytes.Reader
-	chunk int
-	out   bytes.Buffer
+// recordedOutput is a FilterOutput that records what each side got; a
+// client answer is refused while backendMidMessage is set.
+type recordedOutput struct {
+	backend, client   bytes.Buffer
+	backendMidMessage bool
+	backendWrites     int
 }
 
-func (c *scriptedConn) Read(p []byte) (int, error) {
-	return c.in.Read(p[:min(len(p), c.chunk)])
+func (o *recordedOutput) ToBackend(p []byte) error {
+	o.backendWrites++
+	o.backend.Write(p)
+	return nil
 }
 
-func (c *scriptedConn) Write(p []byte) (int, error) { return c.out.Write(p) }
+func (o *recordedOutput) ToClient(p []byte) error {
+	if o.backendMidMessage {
+		return proxy.ErrBackendMidMessage
+	}
+	o.client.Write(p)
+	return nil
+}
 
 type fixedKiller struct{ ids map[uint32]bool }
 
@@ -39,11 +48,12 @@ func pkt(seq uint8, payload ...byte) []byte { return appendPacket(nil, seq, payl
 
 func query(sql string) []byte { return pkt(0, append([]byte{gomysql.COM_QUERY}, sql...)...) }
 
-// What the client sends reaches the backend unchanged, whatever the read
-// sizes, except COM_CHANGE_USER (answered by portcullis) and a KILL of a
-// portcullis connection id (replaced).
-func TestClientStream(t *testing.T) {
+// What the client sends reaches the backend unchanged, however the splice
+// happens to cut it into chunks, except COM_CHANGE_USER (answered by
+// portcullis) and a KILL of a portcullis connection id (replaced).
+func TestCommandFilter(t *testing.T) {
 	changeUser := pkt(0, append([]byte{gomysql.COM_CHANGE_USER}, "root\x00\x00"...)...)
+	refusal := appendPacket(nil, 1, errPacket(gomysql.ER_NOT_SUPPORTED_YET, stateSyntaxAccess, "portcullis does not support COM_CHANGE_USER: this connection stays signed in as it is; open a new connection to sign in as someone else"))
 	big := make([]byte, 300)
 	big[0] = gomysql.COM_CHANGE_USER // a continuation's first byte is data, not a command
 	tests := []struct {
@@ -53,31 +63,72 @@ func TestClientStream(t *testing.T) {
 		wantClient  []byte
 	}{
 		{name: "queries pass", in: [][]byte{query("SELECT 1"), pkt(0, gomysql.COM_PING)}, wantBackend: [][]byte{query("SELECT 1"), pkt(0, gomysql.COM_PING)}},
-		{name: "change user refused", in: [][]byte{changeUser, query("SELECT 2")}, wantBackend: [][]byte{query("SELECT 2")},
-			wantClient: appendPacket(nil, 1, errPacket(gomysql.ER_NOT_SUPPORTED_YET, stateSyntaxAccess, "portcullis does not support COM_CHANGE_USER: this connection stays signed in as it is; open a new connection to sign in as someone else"))},
+		{name: "change user refused", in: [][]byte{changeUser, query("SELECT 2")}, wantBackend: [][]byte{query("SELECT 2")}, wantClient: refusal},
+		{name: "change user between queries", in: [][]byte{query("SELECT 1"), changeUser, query("SELECT 2")}, wantBackend: [][]byte{query("SELECT 1"), query("SELECT 2")}, wantClient: refusal},
 		{name: "non-command packets pass", in: [][]byte{pkt(3, big...)}, wantBackend: [][]byte{pkt(3, big...)}},
 		{name: "kill of a portcullis id", in: [][]byte{query("kill query 1073741825;"), query("SELECT 3")}, wantBackend: [][]byte{query("DO 0"), query("SELECT 3")}},
+		{name: "kill after white space", in: [][]byte{query("SELECT 1"), query(" \n\tKILL 1073741825")}, wantBackend: [][]byte{query("SELECT 1"), query("DO 0")}},
 		{name: "kill of a backend id passes", in: [][]byte{query("KILL QUERY 12")}, wantBackend: [][]byte{query("KILL QUERY 12")}},
+		{name: "a long kill passes", in: [][]byte{query("KILL 1073741825" + strings.Repeat(" ", killCandidateMax))}, wantBackend: [][]byte{query("KILL 1073741825" + strings.Repeat(" ", killCandidateMax))}},
 		{name: "empty packet", in: [][]byte{pkt(0)}, wantBackend: [][]byte{pkt(0)}},
 		{name: "truncated at the end", in: [][]byte{{5, 0, 0}}, wantBackend: [][]byte{{5, 0, 0}}},
+		{name: "truncated after the header", in: [][]byte{{5, 0, 0, 0}}, wantBackend: [][]byte{{5, 0, 0, 0}}},
+		{name: "truncated candidate kill", in: [][]byte{query("SELECT 1"), query("KILL 1073741825")[:9]}, wantBackend: [][]byte{query("SELECT 1"), query("KILL 1073741825")[:9]}},
 	}
 	for _, tt := range tests {
 		for _, chunk := range []int{1, 3, 4096} {
-			t.Run(tt.name, func(t *testing.T) {
-				conn := &scriptedConn{in: bytes.NewReader(bytes.Join(tt.in, nil)), chunk: chunk}
-				s := &clientStream{Conn: conn, kills: fixedKiller{ids: map[uint32]bool{1073741825: true}}}
-				got, err := io.ReadAll(s)
-				if err != nil && !errors.Is(err, io.EOF) {
+			t.Run(fmt.Sprintf("%s/chunk %d", tt.name, chunk), func(t *testing.T) {
+				f := &commandFilter{kills: fixedKiller{ids: map[uint32]bool{1073741825: true}}}
+				out := &recordedOutput{}
+				in := bytes.Join(tt.in, nil)
+				for len(in) > 0 {
+					k := min(chunk, len(in))
+					if err := f.Filter(in[:k], out); err != nil {
+						t.Fatal(err)
+					}
+					in = in[k:]
+				}
+				if err := f.End(out); err != nil {
 					t.Fatal(err)
 				}
-				if want := bytes.Join(tt.wantBackend, nil); !bytes.Equal(got, want) {
-					t.Errorf("chunk %d: backend got %q, want %q", chunk, got, want)
+				if want := bytes.Join(tt.wantBackend, nil); !bytes.Equal(out.backend.Bytes(), want) {
+					t.Errorf("backend got %q, want %q", out.backend.Bytes(), want)
 				}
-				if !bytes.Equal(conn.out.Bytes(), tt.wantClient) {
-					t.Errorf("chunk %d: client got %q, want %q", chunk, conn.out.Bytes(), tt.wantClient)
+				if !bytes.Equal(out.client.Bytes(), tt.wantClient) {
+					t.Errorf("client got %q, want %q", out.client.Bytes(), tt.wantClient)
 				}
 			})
 		}
+	}
+}
+
+// A chunk with nothing to act on goes to the backend whole, in one write,
+// and nothing of it is kept: the filter costs a look at each header.
+func TestCommandFilterPassesChunksWhole(t *testing.T) {
+	chunk := bytes.Join([][]byte{query("SELECT 1"), pkt(0, gomysql.COM_STMT_EXECUTE, 1, 0, 0, 0), query("select 2")}, nil)
+	f := &commandFilter{kills: fixedKiller{}}
+	out := &recordedOutput{}
+	for range 3 {
+		if err := f.Filter(chunk, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out.backendWrites != 3 || len(f.held) != 0 {
+		t.Errorf("3 chunks took %d writes to the backend and left %d bytes held, want 3 and 0", out.backendWrites, len(f.held))
+	}
+}
+
+// COM_CHANGE_USER while the backend is half way through a message to the
+// client cannot be answered in order: the session ends.
+func TestCommandFilterAnswerMidMessage(t *testing.T) {
+	f := &commandFilter{}
+	out := &recordedOutput{backendMidMessage: true}
+	err := f.Filter(pkt(0, gomysql.COM_CHANGE_USER), out)
+	if !errors.Is(err, proxy.ErrBackendMidMessage) {
+		t.Fatalf("got %v, want ErrBackendMidMessage", err)
+	}
+	if out.client.Len() != 0 || out.backend.Len() != 0 {
+		t.Errorf("client got %q and backend %q, want nothing", out.client.Bytes(), out.backend.Bytes())
 	}
 }
 
@@ -124,6 +175,50 @@ func FuzzParseHandshakeResponse(f *testing.F) {
 		}
 		if len(hs.auth) > len(p) || len(hs.user) > len(p) {
 			t.Fatalf("fields longer than the packet: %+v", hs)
+		}
+	})
+}
+
+// FuzzCommandFilter: whatever the client sends, however the splice's reads
+// cut it, the backend and the client get the same bytes; and a stream with
+// neither a COM_CHANGE_USER byte nor a K in it reaches the backend as it
+// is.
+func FuzzCommandFilter(f *testing.F) {
+	f.Add(bytes.Join([][]byte{query("SELECT 1"), pkt(0, gomysql.COM_PING)}, nil), uint16(5))
+	f.Add(bytes.Join([][]byte{pkt(0, gomysql.COM_CHANGE_USER, 'r', 0), query("SELECT 2")}, nil), uint16(3))
+	f.Add(bytes.Join([][]byte{query(" kill query 1073741825"), query("KILL 12")}, nil), uint16(9))
+	f.Add([]byte{0xff, 0xff, 0xff, 0, gomysql.COM_QUERY, 'K'}, uint16(2))
+	f.Add([]byte{5, 0, 0}, uint16(1))
+	f.Fuzz(func(t *testing.T, in []byte, cut uint16) {
+		run := func(chunks [][]byte) (backend, client []byte) {
+			filter := &commandFilter{kills: fixedKiller{ids: map[uint32]bool{1073741825: true}}}
+			out := &recordedOutput{}
+			for _, c := range chunks {
+				if err := filter.Filter(c, out); err != nil {
+					t.Fatalf("Filter: %v", err)
+				}
+			}
+			if err := filter.End(out); err != nil {
+				t.Fatalf("End: %v", err)
+			}
+			return out.backend.Bytes(), out.client.Bytes()
+		}
+		wholeBackend, wholeClient := run([][]byte{in})
+		k := int(cut) % (len(in) + 1)
+		splitBackend, splitClient := run([][]byte{in[:k], in[k:]})
+		var bytewise [][]byte
+		for i := range in {
+			bytewise = append(bytewise, in[i:i+1])
+		}
+		byteBackend, byteClient := run(bytewise)
+		if !bytes.Equal(wholeBackend, splitBackend) || !bytes.Equal(wholeBackend, byteBackend) {
+			t.Fatalf("the backend got different bytes by chunking: whole %q, cut at %d %q, byte by byte %q", wholeBackend, k, splitBackend, byteBackend)
+		}
+		if !bytes.Equal(wholeClient, splitClient) || !bytes.Equal(wholeClient, byteClient) {
+			t.Fatalf("the client got different bytes by chunking: whole %q, cut at %d %q, byte by byte %q", wholeClient, k, splitClient, byteClient)
+		}
+		if !bytes.ContainsAny(in, "kK\x11") && (!bytes.Equal(wholeBackend, in) || len(wholeClient) > 0) {
+			t.Fatalf("a stream with nothing to act on changed: backend got %q of %q, client %q", wholeBackend, in, wholeClient)
 		}
 	})
 }

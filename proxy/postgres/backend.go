@@ -72,6 +72,16 @@ func connectBackend(ctx context.Context, res config.Resource, creds auth.Backend
 	if creds.AccessToken != "" {
 		cfg.Password = creds.AccessToken
 	}
+	// The login's reads and writes go through proxy.PollSocket, as the
+	// splice's do, rather than the runtime's blocking system-call path.
+	dial := cfg.DialFunc
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return proxy.PollSocket(c), nil
+	}
 	cfg.TLSConfig = tlsConfig
 	cfg.SSLNegotiation = "postgres"
 	cfg.Fallbacks = nil

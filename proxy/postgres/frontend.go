@@ -41,8 +41,10 @@ const maxPasswordBytes = 64 << 10
 // beyond the last message read stays in br and is relayed to the backend
 // when the splice starts.
 type frontend struct {
-	c     *proxy.Conn
-	conn  net.Conn // the raw connection, then its TLS wrapper
+	c *proxy.Conn
+	// conn is the client's connection, through proxy.PollSocket (so that
+	// a login's messages cost what relayed ones do), then its TLS wrapper.
+	conn  net.Conn
 	br    *bufio.Reader
 	in    *exactReader
 	codec *pgproto3.Backend
@@ -66,10 +68,10 @@ func newFrontend(c *proxy.Conn) *frontend {
 // use makes conn the connection to talk over, with a fresh read buffer.
 func (fe *frontend) use(conn net.Conn) {
 	size := max(fe.c.Limits().MaxStartupBytes, maxPasswordBytes) + 16
-	fe.conn = conn
-	fe.br = bufio.NewReaderSize(conn, size)
+	fe.conn = proxy.PollSocket(conn)
+	fe.br = bufio.NewReaderSize(fe.conn, size)
 	fe.in = &exactReader{br: fe.br, limit: fe.c.Limits().MaxStartupBytes}
-	fe.codec = pgproto3.NewBackend(fe.in, conn)
+	fe.codec = pgproto3.NewBackend(fe.in, fe.conn)
 }
 
 // exactReader is the codec's pgproto3.ChunkReader: it hands out exactly n

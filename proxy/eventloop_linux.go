@@ -1,0 +1,480 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// A plain session (no TLS on either leg, no filter) is relayed by an
+// event loop while its bytes simply flow: the loop has an epoll instance
+// of its own holding every such session's sockets, and a goroutine that
+// the runtime's poller wakes when any of them is ready. It collects every
+// ready socket at once and, for each, reads once into the loop's buffer
+// and writes what it read to the other side. One wake-up serves every
+// session with something to say, and no goroutine is woken per message,
+// which is where a relay of goroutines spends its time
+// (docs/performance.md).
+//
+// The end of a stream is passed on in the loop too, as a half-close of
+// the other side, so a session that both sides close ends there. Anything
+// else leaves the loop: a reset or an error on either socket, and
+// portcullis ending the session. The loop then gives the session's
+// sockets back, with the bytes it read but could not write yet, and the
+// session's goroutine carries on as a relay of two goroutines
+// (Conn.relay), which owns every rule about broken backends and goodbyes.
+
+// loopSession is a session on an event loop. Its fields are the loop's
+// while the session is attached; done hands them back.
+type loopSession struct {
+	fd    [2]int
+	pend  [2][]byte  // read from the other side, not yet written to this one
+	buf   [2]*[]byte // pend's pooled buffer, when it has one
+	want  [2]uint32  // the events each socket is registered for
+	count [2]*atomic.Int64
+	frame [2]Framer // ToClient, ToBackend: told of every byte written
+	// readErr is a read that failed in the loop: the error is the
+	// socket's, and a second read would not see it again.
+	readErr  error
+	readSide int
+	// eof: the side's stream has ended, and the other side has been told
+	// (its write half is shut). first is the side that ended first.
+	eof      [2]bool
+	first    int
+	detached bool
+	done     chan struct{}
+}
+
+type loopEnd struct {
+	s    *loopSession
+	side int
+}
+
+type eventLoop struct {
+	epfd int
+	// file is epfd as the runtime's poller knows it; it must stay
+	// reachable, or its finalizer would close epfd.
+	file *os.File
+	wake int // an eventfd: written to ask the loop to look at detaching
+	buf  []byte
+
+	mu       sync.Mutex
+	ends     map[int32]loopEnd
+	detaches []*loopSession
+}
+
+var (
+	loopsOnce sync.Once
+	loops     []*eventLoop
+	loopsErr  error
+	nextLoop  atomic.Uint32
+)
+
+// loopCount is how many event loops relay plain sessions: as configured,
+// else half the runtime's processors, at least one. A loop is one
+// goroutine, and so uses at most one processor at a time; the other half
+// is left to logins and TLS sessions.
+func loopCount(configured int) int {
+	if configured > 0 {
+		return configured
+	}
+	return max(1, runtime.GOMAXPROCS(0)/2)
+}
+
+// startLoops starts the process's event loops, once: the first server to
+// relay a plain session sets their number.
+func startLoops(configured int) {
+	for range loopCount(configured) {
+		l, err := newEventLoop()
+		if err != nil {
+			loopsErr = err
+			return
+		}
+		loops = append(loops, l)
+		go l.run()
+	}
+}
+
+func newEventLoop() (*eventLoop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("event loop: epoll_create1: %w", err)
+	}
+	// Non-blocking, so that the runtime's poller waits for it.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("event loop: %w", err)
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("event loop: eventfd: %w", err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wake)}); err != nil {
+		unix.Close(wake)
+		unix.Close(epfd)
+		return nil, fmt.Errorf("event loop: epoll_ctl: %w", err)
+	}
+	return &eventLoop{epfd: epfd, wake: wake, buf: make([]byte, relayBufferSize), ends: map[int32]loopEnd{}}, nil
+}
+
+// onEventLoop relays r on an event loop while its bytes simply flow.
+// When both streams end there, out says which ended first. Otherwise out
+// is r as the goroutines are to carry on with it: new connections over
+// the same sockets, and what the loop had read but not yet written as the
+// pending bytes. handled is false when r is not a plain session; r is
+// then untouched.
+func (c *Conn) onEventLoop(r Relay) (out loopOutcome, handled bool, err error) {
+	out.next = r
+	threads := c.srv.limits.RelayThreads
+	if threads < 0 || r.FromClient != nil || plainSocket(r.Client) == nil || plainSocket(r.Backend) == nil {
+		return out, false, nil
+	}
+	loopsOnce.Do(func() { startLoops(threads) })
+	if len(loops) == 0 {
+		c.logger().Debug("relaying on goroutines: no event loop", zap.Error(loopsErr))
+		return out, false, nil
+	}
+	// The loop works on descriptors of its own: the connections' own go
+	// (closing them takes the sockets out of the runtime's poller, which
+	// would otherwise wake for every message too).
+	cfd, err := dupSocket(r.Client)
+	if err != nil {
+		return out, false, nil
+	}
+	bfd, err := dupSocket(r.Backend)
+	if err != nil {
+		unix.Close(cfd)
+		return out, false, nil
+	}
+	r.Client.Close()
+	r.Backend.Close()
+
+	s := &loopSession{
+		fd:    [2]int{cfd, bfd},
+		count: [2]*atomic.Int64{&c.toClient, &c.toBackend},
+		frame: [2]Framer{r.ToClient, r.ToBackend},
+		first: -1,
+		done:  make(chan struct{}),
+	}
+	s.keep(sideBackend, r.ClientPending)
+	s.keep(sideClient, r.BackendPending)
+	l := loops[int(nextLoop.Add(1))%len(loops)]
+	l.attach(s)
+	stop := context.AfterFunc(c.ctx, func() { l.detach(s) })
+	<-s.done
+	stop()
+
+	if s.eof[sideClient] && s.eof[sideBackend] {
+		unix.Close(s.fd[sideClient])
+		unix.Close(s.fd[sideBackend])
+		out.ended, out.reason = true, endBackendClosed
+		if s.first == sideClient {
+			out.reason = endClientClosed
+		}
+		return out, true, nil
+	}
+	next := &out.next
+	next.ClientPending, next.BackendPending = s.handBack(sideBackend), s.handBack(sideClient)
+	if next.Client, err = socketConn(s.fd[sideClient]); err != nil {
+		unix.Close(s.fd[sideBackend])
+		return out, true, fmt.Errorf("client -> backend: leaving the event loop: %w", err)
+	}
+	if next.Backend, err = socketConn(s.fd[sideBackend]); err != nil {
+		next.Client.Close()
+		return out, true, fmt.Errorf("backend -> client: leaving the event loop: %w", err)
+	}
+	if s.readErr != nil {
+		return out, true, &loopReadError{side: s.readSide, err: s.readErr}
+	}
+	return out, true, nil
+}
+
+// dupSocket is a new descriptor for c's socket.
+func dupSocket(c net.Conn) (int, error) {
+	rc := plainSocket(c)
+	fd := -1
+	var dupErr error
+	if err := rc.Control(func(s uintptr) { fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	return fd, dupErr
+}
+
+// socketConn makes fd a connection of the runtime's again, as a
+// PollSocket; fd itself is closed.
+func socketConn(fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "socket")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	return PollSocket(c), nil
+}
+
+// keep makes p the bytes still to be written to side i.
+func (s *loopSession) keep(i int, p []byte) {
+	if len(p) == 0 {
+		s.drained(i)
+		return
+	}
+	if len(p) > relayBufferSize {
+		s.pend[i] = append([]byte(nil), p...)
+		return
+	}
+	if s.buf[i] == nil {
+		s.buf[i] = relayBuffers.Get().(*[]byte)
+	}
+	s.pend[i] = (*s.buf[i])[:copy(*s.buf[i], p)]
+}
+
+func (s *loopSession) drained(i int) {
+	s.pend[i] = nil
+	if s.buf[i] != nil {
+		relayBuffers.Put(s.buf[i])
+		s.buf[i] = nil
+	}
+}
+
+// handBack is a copy of the bytes still to be written to side i, and
+// gives back their buffer.
+func (s *loopSession) handBack(i int) []byte {
+	var p []byte
+	if len(s.pend[i]) > 0 {
+		p = append([]byte(nil), s.pend[i]...)
+	}
+	s.drained(i)
+	return p
+}
+
+func (l *eventLoop) attach(s *loopSession) {
+	// Pending bytes are written by the loop, once the socket is writable:
+	// registering for that is all it takes. From the first registration
+	// on, s is the loop's: what is registered is taken from copies.
+	s.want = [2]uint32{s.interest(0), s.interest(1)}
+	fds, want := s.fd, s.want
+	l.mu.Lock()
+	l.ends[int32(fds[sideClient])] = loopEnd{s, sideClient}
+	l.ends[int32(fds[sideBackend])] = loopEnd{s, sideBackend}
+	l.mu.Unlock()
+	for i := range 2 {
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fds[i], &unix.EpollEvent{Events: want[i], Fd: int32(fds[i])}); err != nil {
+			l.detach(s)
+			return
+		}
+	}
+}
+
+// detach asks the loop to give s back, from another goroutine.
+func (l *eventLoop) detach(s *loopSession) {
+	l.mu.Lock()
+	l.detaches = append(l.detaches, s)
+	l.mu.Unlock()
+	var one = [8]byte{1}
+	unix.Write(l.wake, one[:])
+}
+
+// interest is what socket i waits for: to be read until its stream ends,
+// while the other side has room; to be written while it has bytes
+// waiting.
+func (s *loopSession) interest(i int) uint32 {
+	var w uint32
+	if !s.eof[i] && len(s.pend[1-i]) == 0 {
+		w |= unix.EPOLLIN | unix.EPOLLRDHUP
+	}
+	if len(s.pend[i]) > 0 {
+		w |= unix.EPOLLOUT
+	}
+	return w
+}
+
+// giveBack takes s out of the loop and wakes its goroutine. The loop's
+// thread only.
+func (l *eventLoop) giveBack(s *loopSession) {
+	if s.detached {
+		return
+	}
+	s.detached = true
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd[0], nil)
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd[1], nil)
+	l.mu.Lock()
+	delete(l.ends, int32(s.fd[0]))
+	delete(l.ends, int32(s.fd[1]))
+	l.mu.Unlock()
+	close(s.done)
+}
+
+// write writes p to side i and keeps what does not fit; false if the
+// write failed (p is then kept whole, for the goroutines to fail on).
+func (l *eventLoop) write(s *loopSession, i int, p []byte) bool {
+	for len(p) > 0 {
+		n, errno := rawIO(syscall.SYS_WRITE, uintptr(s.fd[i]), p)
+		switch errno {
+		case 0:
+			s.count[i].Add(int64(n))
+			if s.frame[i] != nil {
+				s.frame[i].Relayed(p[:n])
+			}
+			p = p[n:]
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			s.keep(i, p)
+			return true
+		default:
+			s.keep(i, p)
+			return false
+		}
+	}
+	s.drained(i)
+	return true
+}
+
+// halfClose shuts side i's write half, the other side's stream having
+// ended and every byte of it written; false if that failed and s was
+// given back (the goroutines, reading the end again, fail on it too).
+func (l *eventLoop) halfClose(s *loopSession, i int) bool {
+	if err := unix.Shutdown(s.fd[i], unix.SHUT_WR); err != nil {
+		s.eof[1-i] = false
+		l.giveBack(s)
+		return false
+	}
+	return true
+}
+
+// serve handles one socket's events.
+func (l *eventLoop) serve(s *loopSession, i int, events uint32) {
+	if s.detached {
+		return
+	}
+	// A reset or an error: the goroutines read it. A peer's half-close
+	// comes as EPOLLRDHUP with EPOLLIN, and as EPOLLHUP too once this side
+	// has been half-closed as well: read on to the end.
+	j := 1 - i
+	if events&unix.EPOLLERR != 0 || (events&unix.EPOLLHUP != 0 && !s.eof[j]) {
+		l.giveBack(s)
+		return
+	}
+	if events&unix.EPOLLOUT != 0 && len(s.pend[i]) > 0 {
+		if !l.write(s, i, s.pend[i]) {
+			l.giveBack(s)
+			return
+		}
+		if len(s.pend[i]) == 0 && s.eof[j] && !l.halfClose(s, i) {
+			return
+		}
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 && !s.eof[i] && len(s.pend[j]) == 0 {
+		n, ready, err := readSome(uintptr(s.fd[i]), l.buf)
+		switch {
+		case !ready:
+		case err != nil:
+			s.readErr, s.readSide = err, i
+			l.giveBack(s)
+			return
+		case n == 0:
+			// Nothing waits to be written to j: it is read only then.
+			s.eof[i] = true
+			if s.first < 0 {
+				s.first = i
+			}
+			if !l.halfClose(s, j) {
+				return
+			}
+		default:
+			if !l.write(s, j, l.buf[:n]) {
+				l.giveBack(s)
+				return
+			}
+		}
+	}
+	if s.eof[0] && s.eof[1] && len(s.pend[0]) == 0 && len(s.pend[1]) == 0 {
+		l.giveBack(s)
+		return
+	}
+	for k := range 2 {
+		if w := s.interest(k); w != s.want[k] {
+			s.want[k] = w
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, s.fd[k], &unix.EpollEvent{Events: w, Fd: int32(s.fd[k])})
+		}
+	}
+}
+
+// handle serves a batch of events, then the sessions asked to leave;
+// ends is scratch space, returned for the next batch.
+func (l *eventLoop) handle(events []unix.EpollEvent, ends []loopEnd) []loopEnd {
+	// The wake-up is consumed before the requests are taken, so that a
+	// request made after the taking wakes the loop again.
+	woken := false
+	for _, ev := range events {
+		if int(ev.Fd) == l.wake {
+			var b [8]byte
+			unix.Read(l.wake, b[:])
+			woken = true
+		}
+	}
+	ends = ends[:0]
+	var detaches []*loopSession
+	l.mu.Lock()
+	for _, ev := range events {
+		ends = append(ends, l.ends[ev.Fd])
+	}
+	if woken {
+		detaches, l.detaches = l.detaches, nil
+	}
+	l.mu.Unlock()
+	for k, ev := range events {
+		if e := ends[k]; e.s != nil {
+			l.serve(e.s, e.side, ev.Events)
+		}
+	}
+	for _, s := range detaches {
+		l.giveBack(s)
+	}
+	return ends
+}
+
+// run waits for the loop's epoll descriptor through the runtime's
+// poller, like any socket: the loop is an ordinary goroutine, parked
+// while no session has anything to say, and one wake-up collects every
+// session that has. (Blocking in epoll_wait on a thread of its own was
+// measured too: every wake-up then had to win a processor back from the
+// runtime, which cost a login 19 context switches more.)
+func (l *eventLoop) run() {
+	l.file = os.NewFile(uintptr(l.epfd), "epoll")
+	rc, err := l.file.SyscallConn()
+	if err != nil {
+		panic(fmt.Sprintf("event loop: %v", err))
+	}
+	events := make([]unix.EpollEvent, 128)
+	ends := make([]loopEnd, 0, len(events))
+	var n int
+	collect := func(fd uintptr) bool {
+		for {
+			r, _, errno := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+			switch errno {
+			case 0:
+				n = int(r)
+				return n > 0
+			case syscall.EINTR:
+			default:
+				panic(fmt.Sprintf("event loop: epoll_pwait: %v", errno))
+			}
+		}
+	}
+	for {
+		if err := rc.Read(collect); err != nil {
+			panic(fmt.Sprintf("event loop: waiting: %v", err))
+		}
+		ends = l.handle(events[:n], ends)
+	}
+}

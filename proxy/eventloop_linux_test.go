@@ -1,0 +1,256 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/portcullisdb/portcullis/config"
+)
+
+// recordingFramer keeps every byte it is told of.
+type recordingFramer struct {
+	mu  sync.Mutex
+	got bytes.Buffer
+}
+
+func (f *recordingFramer) Relayed(p []byte) { f.mu.Lock(); f.got.Write(p); f.mu.Unlock() }
+func (f *recordingFramer) Pending() int     { return 0 }
+
+func (f *recordingFramer) bytes() []byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return bytes.Clone(f.got.Bytes())
+}
+
+// loopSessionsOpen counts the sessions the event loops hold.
+func loopSessionsOpen() int {
+	loopsOnce.Do(func() { startLoops(0) })
+	n := 0
+	for _, l := range loops {
+		l.mu.Lock()
+		n += len(l.ends) / 2
+		l.mu.Unlock()
+	}
+	return n
+}
+
+type relayed struct {
+	reason string
+	err    error
+}
+
+// startRelay splices a client and a backend connection as a session's
+// relay does; app and db are the far ends, as the client program and the
+// database hold them.
+func startRelay(t *testing.T, r func(client, backend net.Conn) Relay) (c *Conn, app, db *net.TCPConn, done <-chan relayed) {
+	return startRelayWith(t, config.Proxy{}, r)
+}
+
+func startRelayWith(t *testing.T, limits config.Proxy, r func(client, backend net.Conn) Relay) (c *Conn, app, db *net.TCPConn, done <-chan relayed) {
+	t.Helper()
+	client, app := tcpPair(t)
+	backend, db := tcpPair(t)
+	// Small socket buffers, so that a few hundred KiB fill them.
+	for _, c := range []*net.TCPConn{client, app, backend, db} {
+		c.SetReadBuffer(16 << 10)
+		c.SetWriteBuffer(16 << 10)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	t.Cleanup(func() { cancel(nil) })
+	c = &Conn{srv: &Server{cancels: &cancelKeys{}, limits: limits}, ctx: ctx, cancel: cancel, log: zap.NewNop()}
+	out := make(chan relayed, 1)
+	go func() {
+		reason, err := c.relay(r(PollSocket(client), backend))
+		c.closeAdopted()
+		out <- relayed{reason, err}
+	}()
+	return c, app, db, out
+}
+
+// TestEventLoopRelaysBothWaysUnderBackpressure: a plain session goes to
+// the event loop, which carries 8 MiB each way at once while neither
+// reader keeps up (so both sides' writes fill and wait), in order, with
+// every byte counted and shown to the framers; the end of the streams
+// then hands the session back to the goroutines, which finish it.
+func TestEventLoopRelaysBothWaysUnderBackpressure(t *testing.T) {
+	before := loopSessionsOpen()
+	toClient, toBackend := &recordingFramer{}, &recordingFramer{}
+	pending := []byte("read ahead by the handshake")
+	c, app, db, done := startRelay(t, func(client, backend net.Conn) Relay {
+		return Relay{Client: client, Backend: backend, ClientPending: pending, ToClient: toClient, ToBackend: toBackend}
+	})
+
+	up, down := make([]byte, 8<<20), make([]byte, 8<<20)
+	rand.Read(up)
+	rand.Read(down)
+
+	// Each side writes all of its stream before it starts reading: the
+	// relay's writes meet full socket buffers both ways.
+	var wg sync.WaitGroup
+	var gotByDB, gotByApp []byte
+	var readErrs [2]error
+	send := func(conn *net.TCPConn, p []byte, wrote chan<- struct{}) {
+		if _, err := conn.Write(p); err != nil {
+			t.Errorf("write: %v", err)
+		}
+		close(wrote)
+		conn.CloseWrite()
+	}
+	appWrote, dbWrote := make(chan struct{}), make(chan struct{})
+	wg.Go(func() { send(app, up, appWrote) })
+	wg.Go(func() { send(db, down, dbWrote) })
+	// Both writers are blocked until someone reads, which is what proves
+	// the session reached the loop first.
+	deadline := time.Now().Add(10 * time.Second)
+	for loopSessionsOpen() == before {
+		if time.Now().After(deadline) {
+			t.Fatal("the plain session never reached an event loop")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	wg.Go(func() { gotByDB, readErrs[0] = io.ReadAll(db) })
+	wg.Go(func() { gotByApp, readErrs[1] = io.ReadAll(app) })
+	wg.Wait()
+	for _, err := range readErrs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	wantDB := append(bytes.Clone(pending), up...)
+	if sha256.Sum256(gotByDB) != sha256.Sum256(wantDB) {
+		t.Errorf("the backend got %d bytes, not the %d the client sent (after the read-ahead)", len(gotByDB), len(wantDB))
+	}
+	if sha256.Sum256(gotByApp) != sha256.Sum256(down) {
+		t.Errorf("the client got %d bytes, not the %d the backend sent", len(gotByApp), len(down))
+	}
+	if got := toBackend.bytes(); !bytes.Equal(got, wantDB) {
+		t.Errorf("the client's framer was told of %d bytes, want the %d relayed, in order", len(got), len(wantDB))
+	}
+	if got := toClient.bytes(); !bytes.Equal(got, down) {
+		t.Errorf("the backend's framer was told of %d bytes, want the %d relayed, in order", len(got), len(down))
+	}
+	if c.toBackend.Load() != int64(len(wantDB)) || c.toClient.Load() != int64(len(down)) {
+		t.Errorf("counted %d bytes to the backend and %d to the client, want %d and %d", c.toBackend.Load(), c.toClient.Load(), len(wantDB), len(down))
+	}
+	r := <-done
+	if r.err != nil || (r.reason != endClientClosed && r.reason != endBackendClosed) {
+		t.Errorf("the relay ended with %q, %v; want a clean close", r.reason, r.err)
+	}
+	if n := loopSessionsOpen(); n != before {
+		t.Errorf("the loops still hold %d sessions after the session ended, want %d", n, before)
+	}
+}
+
+// TestEventLoopHandsBackEndedSessions: ending a session that sits idle on
+// the loop gives its sockets back to the goroutines, which write the
+// goodbye to the client and close the backend.
+func TestEventLoopHandsBackEndedSessions(t *testing.T) {
+	before := loopSessionsOpen()
+	c, app, db, done := startRelay(t, func(client, backend net.Conn) Relay {
+		return Relay{Client: client, Backend: backend, ToClient: &recordingFramer{}, ToBackend: &recordingFramer{},
+			Goodbye: func(w io.Writer, cause error) error {
+				_, err := io.WriteString(w, "goodbye: "+cause.Error())
+				return err
+			}}
+	})
+	// One round trip through the loop, then the session idles there.
+	if _, err := app.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(db, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("the backend read %q, %v", buf, err)
+	}
+	if n := loopSessionsOpen(); n != before+1 {
+		t.Fatalf("the loops hold %d sessions, want %d", n, before+1)
+	}
+
+	c.cancel(ErrTerminated)
+	got, err := io.ReadAll(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "goodbye: " + ErrTerminated.Error(); string(got) != want {
+		t.Errorf("the client read %q, want %q", got, want)
+	}
+	if _, err := io.ReadAll(db); err != nil && !errors.Is(err, net.ErrClosed) {
+		t.Errorf("the backend's end: %v", err)
+	}
+	if r := <-done; r.reason != endTerminated {
+		t.Errorf("ended with %q, %v; want %q", r.reason, r.err, endTerminated)
+	}
+	if n := loopSessionsOpen(); n != before {
+		t.Errorf("the loops still hold %d sessions, want %d", n, before)
+	}
+}
+
+// TestEventLoopOff: with relay_threads -1, a plain session is relayed by
+// goroutines, and relayed all the same.
+func TestEventLoopOff(t *testing.T) {
+	before := loopSessionsOpen()
+	_, app, db, done := startRelayWith(t, config.Proxy{RelayThreads: -1}, func(client, backend net.Conn) Relay {
+		return Relay{Client: client, Backend: backend}
+	})
+	if _, err := app.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(db, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("the backend read %q, %v", buf, err)
+	}
+	if n := loopSessionsOpen(); n != before {
+		t.Errorf("the loops hold %d sessions with the event loop off, want %d", n, before)
+	}
+	app.CloseWrite()
+	db.CloseWrite()
+	if r := <-done; r.reason != endClientClosed && r.reason != endBackendClosed {
+		t.Errorf("ended with %q, %v; want a clean close", r.reason, r.err)
+	}
+}
+
+// TestLeftLoopBrokenBackend: a backend read that failed inside the loop
+// ends the session as a failed backend direction does: the client gets
+// the bytes the loop held for it, then the goodbye; the backend is
+// closed.
+func TestLeftLoopBrokenBackend(t *testing.T) {
+	client, app := tcpPair(t)
+	backend, db := tcpPair(t)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	c := &Conn{srv: &Server{cancels: &cancelKeys{}}, ctx: ctx, cancel: cancel, log: zap.NewNop(), id: "s1", resource: "echo"}
+	framer := &recordingFramer{}
+	owed := []byte("the end of a result")
+	r := Relay{Client: PollSocket(client), Backend: PollSocket(backend), BackendPending: owed, ToClient: framer,
+		Goodbye: func(w io.Writer, cause error) error {
+			_, err := io.WriteString(w, "|bye: "+cause.Error())
+			return err
+		}}
+	reason, err := c.leftLoopBroken(r, &loopReadError{side: sideBackend, err: syscall.ECONNRESET})
+	if reason != endError || !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("ended with %q, %v; want %q and the read's error", reason, err, endError)
+	}
+	client.Close()
+	got, _ := io.ReadAll(app)
+	want := string(owed) + `|bye: the connection to resource "echo" was lost (session s1)`
+	if string(got) != want {
+		t.Errorf("the client read %q, want %q", got, want)
+	}
+	if _, err := db.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("the backend's end: %v, want it closed", err)
+	}
+	if !bytes.Equal(framer.bytes(), owed) || c.toClient.Load() != int64(len(owed)) {
+		t.Errorf("framer told of %q and %d bytes counted; want %q", framer.bytes(), c.toClient.Load(), owed)
+	}
+}
