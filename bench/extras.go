@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	gosqlmysql "github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -206,11 +207,60 @@ func fdLimit() uint64 {
 	return l.Cur
 }
 
+// idleSessions is what the memory measurement holds open: sessions of
+// one protocol through portcullis's listener without TLS.
+type idleSessions struct {
+	// what is measured, for the report's heading.
+	what string
+	// open starts one session and returns what ends it.
+	open func(ctx context.Context) (io.Closer, error)
+}
+
+type closeFunc func() error
+
+func (f closeFunc) Close() error { return f() }
+
+// idlePostgres are PostgreSQL sessions through PgBouncer, which holds
+// thousands of idle clients on one PostgreSQL connection.
+func idlePostgres(s *stack) idleSessions {
+	e := &endpoint{addr: s.pc.setup.PGPlain, user: analyst, password: s.pc.key, database: "idle"}
+	return idleSessions{
+		what: "PostgreSQL sessions (client leg without TLS, backend PgBouncer in session mode)",
+		open: func(ctx context.Context) (io.Closer, error) {
+			c, err := connect(ctx, e, nil)
+			if err != nil {
+				return nil, err
+			}
+			return closeFunc(func() error { return c.Close(context.Background()) }), nil
+		},
+	}
+}
+
+// idleMySQL are MySQL sessions, the session key proven by
+// caching_sha2_password's scramble, each with a MariaDB connection of its
+// own behind it.
+func idleMySQL(s *stack) idleSessions {
+	cfg := gosqlmysql.NewConfig()
+	cfg.User, cfg.Passwd = analyst, s.pc.key
+	cfg.Net, cfg.Addr, cfg.DBName = "tcp", s.pc.setup.MyPlain, "sbtest"
+	cfg.Timeout = 60 * time.Second
+	return idleSessions{
+		what: "MySQL sessions (client leg without TLS, go-sql-driver/mysql; backend MariaDB)",
+		open: func(ctx context.Context) (io.Closer, error) {
+			connector, err := gosqlmysql.NewConnector(cfg)
+			if err != nil {
+				return nil, err
+			}
+			return connector.Connect(ctx)
+		},
+	}
+}
+
 // idleRSS measures a fresh portcullis holding n idle spliced sessions
-// (through PgBouncer, which holds thousands of idle clients on one
-// PostgreSQL connection).
-func idleRSS(ctx context.Context, w io.Writer, s *stack, n int) {
-	fmt.Fprintf(w, "Memory: a fresh portcullis process, RSS with idle spliced sessions (client leg without TLS, backend PgBouncer in session mode).\n\n")
+// of one kind, made for it once it has started (its listeners and the
+// analyst's session key are new with each start).
+func idleRSS(ctx context.Context, w io.Writer, s *stack, n int, of func(*stack) idleSessions) {
+	fmt.Fprintf(w, "Memory: a fresh portcullis process, RSS with idle spliced %s.\n\n", of(s).what)
 	// Each spliced session costs portcullis two descriptors (client and
 	// backend); the open-file limit cannot be raised here past the hard
 	// limit, so measure as many as fit and give the per-session cost.
@@ -223,37 +273,37 @@ func idleRSS(ctx context.Context, w io.Writer, s *stack, n int) {
 		fmt.Fprintf(w, "could not restart portcullis: %v\n\n", err)
 		return
 	}
+	kind := of(s)
 	pid := s.pc.pid()
 	base, err := settledRSS(pid)
 	if err != nil {
 		fmt.Fprintf(w, "could not read the RSS: %v\n\n", err)
 		return
 	}
-	e := &endpoint{addr: s.pc.setup.PGPlain, user: analyst, password: s.pc.key, database: "idle"}
 	checkpoints := map[int]bool{n / 10: true, n / 2: true, n: true}
 	type point struct {
 		sessions int
 		rss      int64
 	}
 	points := []point{{0, base}}
-	var conns []*pgconn.PgConn
+	var conns []io.Closer
 	defer func() {
 		for _, c := range conns {
-			c.Close(context.Background())
+			c.Close()
 		}
 	}()
 	start := time.Now()
 	const parallel = 8
 	for len(conns) < n {
 		batch := min(parallel, n-len(conns))
-		got := make([]*pgconn.PgConn, batch)
+		got := make([]io.Closer, batch)
 		errs := make([]error, batch)
 		var wg sync.WaitGroup
 		for i := range batch {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				got[i], errs[i] = connect(ctx, e, nil)
+				got[i], errs[i] = kind.open(ctx)
 			}()
 		}
 		wg.Wait()

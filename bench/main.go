@@ -48,6 +48,7 @@ type options struct {
 	setups    int
 	signIns   int
 	idleConns int
+	idleMySQL int
 	// portcullis is a binary to measure, inProcess, or "" to build one.
 	portcullis string
 	// variants are more portcullis builds or settings to compare in the
@@ -133,6 +134,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.setups, "setups", 500, "connections timed one after another for the set-up latency (0 skips)")
 	fs.IntVar(&o.signIns, "signins", 1000, "device-code sign-ins pending at once (0 skips)")
 	fs.IntVar(&o.idleConns, "idle", 10000, "idle spliced sessions for the memory measurement (0 skips; capped by the open-file limit)")
+	fs.IntVar(&o.idleMySQL, "idle-mysql", 1000, "idle spliced MySQL sessions for the memory measurement (0 skips; each holds a MariaDB connection, of which the harness's server takes 2,000)")
 	fs.StringVar(&o.portcullis, "portcullis", "", "portcullis binary to measure; empty builds ./cmd/portcullis; \""+inProcess+"\" runs it inside the harness (no memory figure)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (configurations, logs) after the run")
 	fs.Var(variantFlag{&o.variants}, "variant", "another portcullis to measure as a peer: NAME=BINARY[,ENV=VALUE...] (repeatable), e.g. gmp1=/tmp/portcullis,GOMAXPROCS=1")
@@ -275,12 +277,21 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "pending sign-ins ...")
 		pendingSignIns(ctx, stdout, s, opts.signIns)
 	}
-	if opts.idleConns > 0 {
+	if opts.idleConns > 0 || opts.idleMySQL > 0 {
 		if s.pc.bin == "" {
 			fmt.Fprintln(stdout, "Memory with idle sessions: not measured (portcullis ran inside the harness).")
 		} else {
-			fmt.Fprintln(stderr, "idle sessions ...")
-			idleRSS(ctx, stdout, s, opts.idleConns)
+			if opts.idleConns > 0 {
+				fmt.Fprintln(stderr, "idle sessions ...")
+				idleRSS(ctx, stdout, s, opts.idleConns, idlePostgres)
+			}
+			switch {
+			case opts.idleMySQL > 0 && s.my == nil:
+				fmt.Fprintln(stdout, "Memory with idle MySQL sessions: not measured (no MySQL workload in this run, so no MariaDB).")
+			case opts.idleMySQL > 0:
+				fmt.Fprintln(stderr, "idle MySQL sessions ...")
+				idleRSS(ctx, stdout, s, opts.idleMySQL, idleMySQL)
+			}
 		}
 	}
 	return ctx.Err()

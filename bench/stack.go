@@ -279,10 +279,19 @@ func (s *stack) startPortcullis(ctx context.Context, inst *instance) error {
 		if inst.setup.MySQL {
 			listeners = append(listeners, inst.setup.MyPlain, inst.setup.MyTLS)
 		}
+		// A failed start leaves inst.run nil, not an interface holding a
+		// nil pointer, so that stopping the stack skips it.
+		var run runningPortcullis
 		if inst.bin != "" {
-			inst.run, err = startPortcullisBinary(ctx, inst.bin, inst.env, cfgPath, logPath, listeners)
+			var b *portcullisBinary
+			if b, err = startPortcullisBinary(ctx, inst.bin, inst.env, cfgPath, logPath, listeners); err == nil {
+				run = b
+			}
 		} else {
-			inst.run, err = startPortcullisInProcess(ctx, cfgPath, logPath)
+			var p *portcullisInProcess
+			if p, err = startPortcullisInProcess(ctx, cfgPath, logPath); err == nil {
+				run = p
+			}
 		}
 		if errors.Is(err, errNoMySQLFrontDoor) && inst.setup.MySQL {
 			inst.setup.MySQL = false
@@ -291,6 +300,7 @@ func (s *stack) startPortcullis(ctx context.Context, inst *instance) error {
 		if err != nil {
 			return err
 		}
+		inst.run = run
 		break
 	}
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -386,6 +396,11 @@ func (s *stack) peers() []*peer {
 		p := &peer{id: "variant-" + v.name, title: "portcullis " + v.name}
 		v.endpoints(p, false, "")
 		out = append(out, p)
+		if s.wants("portcullis-tls") {
+			p := &peer{id: "variant-" + v.name + "-tls", title: "portcullis " + v.name + "+TLS"}
+			v.endpoints(p, true, s.sysbenchTLS)
+			out = append(out, p)
+		}
 	}
 	return out
 }
