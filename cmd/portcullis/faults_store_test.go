@@ -105,7 +105,7 @@ func killPostgres(t *testing.T, s *testpg.Server) (restart func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	victims := append([]int{pid}, childrenOf(pid)...)
+	victims := append([]int{pid}, testpg.ChildrenOf(pid)...)
 	for _, p := range victims {
 		syscall.Kill(p, syscall.SIGKILL)
 	}
@@ -183,29 +183,6 @@ func killPostgres(t *testing.T, s *testpg.Server) (restart func()) {
 	}
 }
 
-// childrenOf lists the processes whose parent is pid.
-func childrenOf(pid int) []int {
-	entries, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-		rest := string(stat[strings.LastIndexByte(string(stat), ')')+1:])
-		fields := strings.Fields(rest)
-		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
 // processExists reports whether pid is alive (a zombie counts as gone).
 func processExists(pid int) bool {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -252,12 +229,19 @@ func buildPortcullis(t *testing.T) string {
 // startProcess runs `bin serve --config cfgPath` and waits until its
 // listener is up.
 func (e *faultEnv) startProcess(bin, cfgPath string) *process {
-	t := e.t
+	e.t.Helper()
+	s := &opsServe{t: e.t, sim: e.sim, pg: e.pg, dir: e.dir, cfgPath: cfgPath, stdout: &syncBuffer{}, done: make(chan error, 1)}
+	return runServe(s, bin, &syncBuffer{})
+}
+
+// runServe runs `bin serve --config s.cfgPath` as a process of its own,
+// its log in s.stdout and its stderr in stderr, and waits until its
+// listener is up. It is stopped with SIGTERM when the test ends.
+func runServe(s *opsServe, bin string, stderr *syncBuffer) *process {
+	t := s.t
 	t.Helper()
-	s := &opsServe{t: t, sim: e.sim, pg: e.pg, dir: e.dir, cfgPath: cfgPath, stdout: &syncBuffer{}, done: make(chan error, 1)}
-	cmd := exec.Command(bin, "serve", "--config", cfgPath)
-	var stderr syncBuffer
-	cmd.Stdout, cmd.Stderr = s.stdout, &stderr
+	cmd := exec.Command(bin, "serve", "--config", s.cfgPath)
+	cmd.Stdout, cmd.Stderr = s.stdout, stderr
 	// If the test binary dies, so does portcullis.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	started := make(chan error, 1)

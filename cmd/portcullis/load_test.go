@@ -16,8 +16,10 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"text/template"
 	"time"
@@ -128,11 +130,13 @@ proxy:
   handshake_timeout: 2m
 `))
 
-// loadEnv is serve, in this process, in front of a PostgreSQL that takes
-// hundreds of connections, with a simulator that records every secret it
-// issues.
+// loadEnv is serve, the binary as shipped in a process of its own (as in
+// production, where its clients are elsewhere; so its CPU time, its
+// goroutines and its descriptors are its own to measure), in front of a
+// PostgreSQL that takes hundreds of connections, with a simulator that
+// records every secret it issues.
 type loadEnv struct {
-	*opsServe
+	*process
 	role   testpg.Role
 	simLog *syncBuffer
 	stderr *syncBuffer
@@ -151,6 +155,15 @@ func startLoad(t *testing.T, sc loadScale) *loadEnv {
 		Roles:          []testpg.Role{e.role},
 		MaxConnections: sc.keyConns() + sc.signIns + sc.copies + 50,
 	})
+	// The database would have a machine of its own. Here it shares two
+	// CPUs with portcullis, and its hundreds of processes (ten of them
+	// busy with COPY throughout) would each get as much CPU time as one
+	// of portcullis's threads: what is measured would be the database's
+	// load. In a CPU group of its own it competes as one program; its own
+	// login time is reported apart.
+	if err := pg.ConfineCPU(1024); err != nil {
+		t.Logf("the database competes for the CPUs process by process: %v", err)
+	}
 	sim, err := entrasim.New(loadDirectory(sc, graphSecret), entrasim.Options{
 		Middleware: secrets.watch,
 		Logf:       func(format string, args ...any) { fmt.Fprintf(e.simLog, format+"\n", args...) },
@@ -180,21 +193,7 @@ func startLoad(t *testing.T, sc loadScale) *loadEnv {
 		t.Fatal(err)
 	}
 	s := &opsServe{t: t, sim: sim, pg: pg, dir: dir, cfgPath: cfgPath, stdout: &syncBuffer{}, done: make(chan error, 1), secrets: secrets}
-	e.opsServe = s
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	go func() { s.done <- dispatch(ctx, []string{"serve", "--config", cfgPath}, nil, s.stdout, e.stderr) }()
-	t.Cleanup(func() {
-		if !s.stopped {
-			cancel()
-			s.err = <-s.done
-		}
-		if t.Failed() {
-			t.Logf("portcullis log (last 200 lines):\n%s", lastLines(s.stdout.String(), 200))
-		}
-	})
-	s.admin = "http://" + s.waitEvent("admin.listening", nil)["address"].(string)
-	s.ready()
+	e.process = runServe(s, buildPortcullis(t), e.stderr)
 	return e
 }
 
@@ -497,10 +496,12 @@ func TestLoad(t *testing.T) {
 	prepared := time.Since(began)
 	e.waitNoSessions(30 * time.Second)
 	simPort, store := e.simPort(), filepath.Join(e.dir, "state.db")
-	base := settledProcess(simPort, store)
+	base := e.settledProcess(simPort, store)
 
 	// The COPY streams start first and run until every login is done.
-	ranBefore, waitedBefore := schedStat()
+	pid := e.cmd.Process.Pid
+	ranBefore, waitedBefore := schedStat(pid)
+	testRanBefore, testWaitedBefore := schedStat(os.Getpid())
 	loadStart := time.Now()
 	copies := make([]copyStream, sc.copies)
 	var connected, copyDone sync.WaitGroup
@@ -558,7 +559,8 @@ func TestLoad(t *testing.T) {
 	close(stopCopies)
 	copyDone.Wait()
 	loadTook := time.Since(loadStart)
-	ranAfter, waitedAfter := schedStat()
+	ranAfter, waitedAfter := schedStat(pid)
+	testRanAfter, testWaitedAfter := schedStat(os.Getpid())
 
 	// Every one of them got in, as the mapped role.
 	failures := 0
@@ -610,7 +612,7 @@ func TestLoad(t *testing.T) {
 	// Nothing is left behind: no session in the registry, and the
 	// process back to the goroutines and descriptors it had before.
 	e.waitNoSessions(30 * time.Second)
-	after := waitForProcess(t, base, simPort, store, 30*time.Second)
+	after := e.waitForProcess(base, simPort, store, 30*time.Second)
 
 	// No secret of the whole run in a log line or where a client could
 	// see it.
@@ -652,8 +654,9 @@ func TestLoad(t *testing.T) {
 	t.Logf("time: setup and first sign-ins %v, logins %v, load %v, whole test %v",
 		prepared.Round(time.Millisecond), loginsTook.Round(time.Millisecond), loadTook.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 	if ranAfter > 0 {
-		t.Logf("CPU: during the load this process ran for %v and waited %v for a CPU while ready to run (other processes, PostgreSQL's among them, had the rest)",
-			(ranAfter - ranBefore).Round(time.Millisecond), (waitedAfter - waitedBefore).Round(time.Millisecond))
+		t.Logf("CPU during the load: portcullis ran %v and waited %v for a CPU while ready to run; this test's clients and simulator ran %v and waited %v (PostgreSQL had the rest)",
+			(ranAfter - ranBefore).Round(time.Millisecond), (waitedAfter - waitedBefore).Round(time.Millisecond),
+			(testRanAfter - testRanBefore).Round(time.Millisecond), (testWaitedAfter - testWaitedBefore).Round(time.Millisecond))
 	}
 	t.Logf("process: %d goroutines and %d fds before the load, %d and %d after (of which %d and %d connections to the simulator, %d and %d fds of the store)",
 		base.goroutines, base.fds, after.goroutines, after.fds, base.simConns, after.simConns, base.storeFDs, after.storeFDs)
@@ -766,29 +769,27 @@ func percentiles(d []time.Duration) string {
 }
 
 // processLoad is what a leak would grow: goroutines and open file
-// descriptors of this process (portcullis, the simulator and the
-// clients all run in it).
+// descriptors of the portcullis process.
 type processLoad struct {
 	goroutines, fds int
-	// simConns are the keep-alive connections between portcullis and the
+	// simConns are the keep-alive connections from portcullis to the
 	// simulator: the HTTP client's pool, which it bounds and times out,
 	// not anything a session holds. A burst of sign-ins may leave a few
-	// more of them than there were. Both ends live in this process, each
-	// connection costing three goroutines (a reader at one end, a server
-	// and its reader at the other, or two and one over HTTP/1.1) and a
-	// descriptor at each end, so they are counted apart.
+	// more of them than there were. Each costs a descriptor and up to
+	// two goroutines (HTTP/2's reader, or HTTP/1.1's reader and writer),
+	// so they are counted apart.
 	simConns int
 	// storeFDs are open on the state store's SQLite file and its -wal
 	// and -shm: the store keeps a small pool of connections (at most one
 	// per CPU), opened as they are first needed, so the load may have
 	// opened more of them than were open before it.
 	storeFDs int
-	// stacks and files, for telling what is in excess: goroutines by
-	// where they are, descriptors by what they are open on.
-	stacks, files map[string]int
+	// files, for telling what is in excess: descriptors by what they are
+	// open on.
+	files map[string]int
 }
 
-const goroutinesPerSimConn, fdsPerSimConn = 3, 2
+const goroutinesPerSimConn, fdsPerSimConn = 2, 1
 
 // maxStoreFDs bounds storeFDs: the file and its -wal for each of the
 // store's connections, and the -shm.
@@ -800,47 +801,74 @@ func (p processLoad) own() (goroutines, fds int) {
 	return p.goroutines - goroutinesPerSimConn*p.simConns, p.fds - fdsPerSimConn*p.simConns - p.storeFDs
 }
 
-func sampleProcess(simPort int, store string) processLoad {
-	fds, _ := os.ReadDir("/proc/self/fd")
-	p := processLoad{goroutines: runtime.NumGoroutine(), fds: len(fds)}
+// sampleProcess reads the portcullis process's goroutines from its
+// metrics and its descriptors from /proc.
+func (e *loadEnv) sampleProcess(simPort int, store string) processLoad {
+	e.t.Helper()
+	p := processLoad{goroutines: e.goroutines()}
+	pid := e.cmd.Process.Pid
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	p.fds = len(fds)
+	sockets := tcpSockets()
 	for _, fd := range fds {
-		if target, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(target, store) {
+		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err != nil {
+			continue
+		}
+		if strings.HasPrefix(target, store) {
 			p.storeFDs++
 		}
-	}
-	for _, s := range tcpSockets() {
-		if s.remote == simPort && s.state == tcpEstablished {
-			p.simConns++
+		if inode, ok := strings.CutPrefix(target, "socket:["); ok {
+			if s, ok := sockets[strings.TrimSuffix(inode, "]")]; ok && s.remote == simPort && s.state == tcpEstablished {
+				p.simConns++
+			}
 		}
 	}
 	return p
 }
 
+// goroutines is go_goroutines from portcullis's metrics.
+func (e *loadEnv) goroutines() int {
+	e.t.Helper()
+	_, text := e.get("/metrics")
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
+			var n int
+			if _, err := fmt.Sscan(v, &n); err == nil {
+				return n
+			}
+		}
+	}
+	e.t.Fatal("no go_goroutines in portcullis's metrics")
+	return 0
+}
+
 // settledProcess is the process once goroutines that are ending have
 // ended: the lowest count seen until it has not fallen for a while.
-func settledProcess(simPort int, store string) processLoad {
-	best := sampleProcess(simPort, store)
+func (e *loadEnv) settledProcess(simPort int, store string) processLoad {
+	best := e.sampleProcess(simPort, store)
 	for still := 0; still < 10; still++ {
 		time.Sleep(20 * time.Millisecond)
-		cur := sampleProcess(simPort, store)
+		cur := e.sampleProcess(simPort, store)
 		bg, bf := best.own()
 		if cg, cf := cur.own(); cg < bg || cf < bf {
 			best = cur
 			still = -1
 		}
 	}
-	best.stacks, best.files = goroutineGroups(), openFiles()
+	best.files = e.openFiles()
 	return best
 }
 
-// waitForProcess polls until the process is back to base, failing t
-// (with what is in excess) if it is not within the deadline.
-func waitForProcess(t *testing.T, base processLoad, simPort int, store string, within time.Duration) processLoad {
+// waitForProcess polls until the process is back to base, failing the
+// test (with what is in excess) if it is not within the deadline.
+func (e *loadEnv) waitForProcess(base processLoad, simPort int, store string, within time.Duration) processLoad {
+	t := e.t
 	t.Helper()
 	deadline := time.Now().Add(within)
 	bg, bf := base.own()
 	for {
-		cur := sampleProcess(simPort, store)
+		cur := e.sampleProcess(simPort, store)
 		cg, cf := cur.own()
 		if cg <= bg && cf <= bf && cur.storeFDs <= max(base.storeFDs, maxStoreFDs()) {
 			return cur
@@ -848,73 +876,66 @@ func waitForProcess(t *testing.T, base processLoad, simPort int, store string, w
 		if time.Now().After(deadline) {
 			t.Errorf("%v after the load: %d goroutines and %d open fds (apart from %d connections to the simulator and %d fds of the store), against %d and %d (%d, %d) before it",
 				within, cg, cf, cur.simConns, cur.storeFDs, bg, bf, base.simConns, base.storeFDs)
-			now := goroutineGroups()
 			var excess []string
-			for k, n := range now {
-				if n > base.stacks[k] {
-					excess = append(excess, fmt.Sprintf("%+d %s", n-base.stacks[k], k))
-				}
-			}
-			for k, n := range openFiles() {
+			for k, n := range e.openFiles() {
 				if n > base.files[k] {
 					excess = append(excess, fmt.Sprintf("%+d fd %s", n-base.files[k], k))
 				}
 			}
 			sort.Strings(excess)
-			t.Logf("in excess:\n%s", strings.Join(excess, "\n"))
+			t.Logf("descriptors in excess:\n%s", strings.Join(excess, "\n"))
+			// What the goroutines in excess are doing: on SIGQUIT the Go
+			// runtime prints every goroutine's stack on stderr and exits;
+			// stderr is shown with the log when the test ends.
+			if err := e.cmd.Process.Signal(syscall.SIGQUIT); err == nil {
+				select {
+				case e.err = <-e.done:
+					e.stopped = true
+				case <-time.After(10 * time.Second):
+				}
+			}
 			return cur
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// goroutineGroups counts goroutines by where they are and who made them.
-func goroutineGroups() map[string]int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	groups := map[string]int{}
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		lines := strings.Split(g, "\n")
-		if len(lines) < 2 {
-			continue
-		}
-		key := lines[1] // the innermost function
-		for _, l := range lines {
-			if strings.HasPrefix(l, "created by ") {
-				key += " ← " + strings.TrimPrefix(l, "created by ")
-			}
-		}
-		groups[key]++
-	}
-	return groups
-}
-
-// openFiles counts the process's descriptors by what they are open on;
-// a TCP socket is named by its ports and state.
-func openFiles() map[string]int {
+// openFiles counts portcullis's descriptors by what they are open on; a
+// TCP socket is named by its ports and state.
+func (e *loadEnv) openFiles() map[string]int {
+	pid := e.cmd.Process.Pid
 	sockets := tcpSockets()
 	out := map[string]int{}
-	entries, _ := os.ReadDir("/proc/self/fd")
-	for _, e := range entries {
-		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+	entries, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range entries {
+		target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
 		if err != nil {
 			continue
 		}
 		if inode, ok := strings.CutPrefix(target, "socket:["); ok {
 			if s, ok := sockets[strings.TrimSuffix(inode, "]")]; ok {
-				target = fmt.Sprintf("tcp :%d→:%d state %s", s.local, s.remote, s.state)
+				target = fmt.Sprintf("tcp %s→%s state %s", e.portName(s.local), e.portName(s.remote), s.state)
 			}
 		}
 		out[target]++
 	}
 	return out
+}
+
+// portName names port by what listens on it in this test, so that a
+// descriptor in excess says which connection it is.
+func (e *loadEnv) portName(port int) string {
+	for _, l := range []struct{ name, addr string }{
+		{"postgres listener", e.pgAddr},
+		{"admin", strings.TrimPrefix(e.admin, "http://")},
+		{"simulator", strings.TrimPrefix(e.sim.URL(), "https://")},
+		{"backend", e.pg.Addr()},
+	} {
+		if _, p, err := net.SplitHostPort(l.addr); err == nil && p == strconv.Itoa(port) {
+			return fmt.Sprintf("%s :%d", l.name, port)
+		}
+	}
+	return fmt.Sprintf(":%d", port)
 }
 
 const tcpEstablished = "01"
@@ -949,13 +970,13 @@ func tcpSockets() map[string]tcpSocket {
 	return out
 }
 
-// schedStat sums, over this process's threads, the time they ran and the
-// time they waited on a run queue (Linux schedstat); zero where it is not
-// available.
-func schedStat() (ran, waited time.Duration) {
-	tasks, _ := os.ReadDir("/proc/self/task")
+// schedStat sums, over the threads of process pid, the time they ran and
+// the time they waited on a run queue (Linux schedstat); zero where it is
+// not available.
+func schedStat(pid int) (ran, waited time.Duration) {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	for _, task := range tasks {
-		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/schedstat")
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, task.Name()))
 		if err != nil {
 			continue
 		}
@@ -966,9 +987,4 @@ func schedStat() (ran, waited time.Duration) {
 		}
 	}
 	return ran, waited
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -109,6 +109,7 @@ type Server struct {
 	exited  chan struct{}
 	waitErr error
 	logPath string
+	cgroup  string // the CPU control group ConfineCPU made, if any
 
 	stopOnce sync.Once
 	stopErr  error
@@ -294,6 +295,12 @@ func (s *Server) Stop() error {
 		}
 		if err := os.RemoveAll(s.Dir); err != nil && s.stopErr == nil {
 			s.stopErr = fmt.Errorf("remove %s: %w", s.Dir, err)
+		}
+		if s.cgroup != "" {
+			// Empty now that the server's processes have ended.
+			if err := os.Remove(s.cgroup); err != nil && s.stopErr == nil {
+				s.stopErr = fmt.Errorf("remove the CPU control group %s: %w", s.cgroup, err)
+			}
 		}
 	})
 	return s.stopErr
