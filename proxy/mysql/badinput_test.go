@@ -31,8 +31,14 @@ import (
 // that wait for it cost little, yet ample for a TLS handshake under -race.
 const catHandshake = 2 * time.Second
 
-// catCloseWithin is how long after the deadline a connection may linger.
-const catCloseWithin = catHandshake + 5*time.Second
+// catCloseWithin bounds the wait for a connection that the handshake
+// deadline must end. What proves the deadline works is what each such
+// connection is sent before the close (the "timed out" error), not how
+// soon it comes; the bound only turns a connection that is never ended
+// into a failure rather than a hang. It is generous because the
+// catalogue shares the machine with every other package's tests in CI,
+// and stays under the 20 s a hostile client's connection lives at most.
+const catCloseWithin = catHandshake + 13*time.Second
 
 // TestBadInputCatalogue drives hostile clients at the MySQL listener over
 // raw sockets, with the real identity core on the Entra ID simulator and

@@ -34,8 +34,14 @@ import (
 // that wait for it cost little, yet ample for a TLS handshake under -race.
 const badHandshake = 2 * time.Second
 
-// badCloseWithin is how long after the deadline a connection may linger.
-const badCloseWithin = badHandshake + 5*time.Second
+// badCloseWithin bounds the wait for a connection that the handshake
+// deadline must end. What proves the deadline works is what each such
+// connection is sent before the close (the "timed out" error), not how
+// soon it comes; the bound only turns a connection that is never ended
+// into a failure rather than a hang. It is generous because the
+// catalogue shares the machine with every other package's tests in CI,
+// and stays under the 20 s a hostile client's connection lives at most.
+const badCloseWithin = badHandshake + 13*time.Second
 
 // TestBadInputCatalogue drives hostile clients at the PostgreSQL listener
 // over raw sockets: each must get a FATAL ErrorResponse with the right
@@ -808,9 +814,14 @@ func badReplayedCancel(t *testing.T, h *harness, key string) {
 		t.Fatal(err)
 	}
 	pid, secret := pc.PID(), pc.SecretKey()
+	// The client has its ReadyForQuery before portcullis marks the session
+	// started, so "no started session" could be seen before this one even
+	// began. Wait for this connection itself to leave the registry, which
+	// it does after its cancel keys are released.
+	addr := pc.Conn().LocalAddr().String()
 	pc.Close(ctx)
 	deadline := time.Now().Add(10 * time.Second)
-	for badSpliced(h) > 0 {
+	for badListed(h, addr) {
 		if time.Now().After(deadline) {
 			t.Fatal("the session did not end after its client closed")
 		}
@@ -826,15 +837,15 @@ func badReplayedCancel(t *testing.T, h *harness, key string) {
 	}
 }
 
-// badSpliced counts sessions past their handshake.
-func badSpliced(h *harness) int {
-	n := 0
+// badListed reports whether the connection from the client address addr
+// is still in portcullis's registry, in its handshake or relaying.
+func badListed(h *harness, addr string) bool {
 	for _, s := range h.srv.Sessions() {
-		if !s.Started.IsZero() {
-			n++
+		if s.ClientAddr.String() == addr {
+			return true
 		}
 	}
-	return n
+	return false
 }
 
 // badWaitActive waits until the backend runs a query containing marker.
