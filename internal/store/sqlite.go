@@ -11,7 +11,8 @@ import (
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
+	"modernc.org/sqlite" // the pure-Go SQLite driver, registered as "sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/portcullisdb/portcullis/auth"
 	"github.com/portcullisdb/portcullis/mfa"
@@ -48,10 +49,53 @@ func OpenSQLite(ctx context.Context, path string, keys Keys) (*SQLite, error) {
 	// transaction never fails half-way on an upgrade to a write lock.
 	q := url.Values{}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqliteBusyTimeout.Milliseconds()))
-	q.Add("_pragma", "journal_mode(WAL)")
+	file := "file:" + uriEscaper.Replace(path) + "?"
+	if err := enableWAL(ctx, file+q.Encode(), path); err != nil {
+		return nil, err
+	}
 	q.Add("_pragma", "synchronous(NORMAL)")
 	q.Set("_txlock", "immediate")
-	return openSQLite(ctx, "file:"+uriEscaper.Replace(path)+"?"+q.Encode(), path, keys, sqliteConns(), sqliteMigrations)
+	return openSQLite(ctx, file+q.Encode(), path, keys, sqliteConns(), sqliteMigrations)
+}
+
+// enableWAL puts the file in WAL mode, which the file then keeps. The
+// change takes the file's exclusive lock, and a connection that finds
+// another one changing it too gets SQLITE_BUSY at once rather than after
+// its busy timeout: replicas, or a `portcullis totp` command beside
+// serve, opening a new file together would fail. So it is made here,
+// before the pool opens, on a connection of its own, and retried for as
+// long as a write would wait.
+func enableWAL(ctx context.Context, dsn, path string) error {
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return fmt.Errorf("store: open SQLite %s: %w", path, err)
+	}
+	defer db.Close()
+	deadline := time.Now().Add(sqliteBusyTimeout)
+	for {
+		var mode string
+		err := db.QueryRowContext(ctx, "PRAGMA journal_mode=WAL").Scan(&mode)
+		switch {
+		case err == nil && strings.EqualFold(mode, "wal"):
+			return nil
+		case err == nil:
+			return fmt.Errorf("store: SQLite %s: journal mode %q, not WAL", path, mode)
+		case !sqliteBusy(err) || time.Now().After(deadline):
+			return fmt.Errorf("store: SQLite %s: WAL mode: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("store: SQLite %s: WAL mode: %w", path, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// sqliteBusy reports whether err is SQLite's SQLITE_BUSY (any extended
+// code of it).
+func sqliteBusy(err error) bool {
+	var e *sqlite.Error
+	return errors.As(err, &e) && e.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
 // sqliteConns bounds the connections to an SQLite file, and keeps them
