@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -15,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A plain session (no TLS on either leg, no filter) is relayed by an
+// A plain session (no TLS on either leg) is relayed by an
 // event loop while its bytes simply flow: the loop has an epoll instance
 // of its own holding every such session's sockets, and a goroutine that
 // the runtime's poller wakes when any of them is ready. It collects every
@@ -32,6 +33,11 @@ import (
 // sockets back, with the bytes it read but could not write yet, and the
 // session's goroutine carries on as a relay of two goroutines
 // (Conn.relay), which owns every rule about broken backends and goodbyes.
+//
+// A session with a filter of the client's bytes (MySQL's) has it run on
+// the loop too, on every chunk read from the client. The filter hands the
+// session to its goroutine, through FilterOutput.HandOff, before it would
+// answer the client or wait; the session stays there.
 
 // loopSession is a session on an event loop. Its fields are the loop's
 // while the session is attached; done hands them back.
@@ -42,6 +48,13 @@ type loopSession struct {
 	want  [2]uint32  // the events each socket is registered for
 	count [2]*atomic.Int64
 	frame [2]Framer // ToClient, ToBackend: told of every byte written
+	// filter sees the client's bytes before the backend; out is its
+	// output; handedOff are the bytes it asked the goroutine to filter,
+	// and filterErr the error it failed with.
+	filter    ClientFilter
+	out       loopOutput
+	handedOff []byte
+	filterErr error
 	// readErr is a read that failed in the loop: the error is the
 	// socket's, and a second read would not see it again.
 	readErr  error
@@ -136,7 +149,12 @@ func newEventLoop() (*eventLoop, error) {
 func (c *Conn) onEventLoop(r Relay) (out loopOutcome, handled bool, err error) {
 	out.next = r
 	threads := c.srv.limits.RelayThreads
-	if threads < 0 || r.FromClient != nil || plainSocket(r.Client) == nil || plainSocket(r.Backend) == nil {
+	if threads < 0 || plainSocket(r.Client) == nil || plainSocket(r.Backend) == nil {
+		return out, false, nil
+	}
+	if r.FromClient != nil && len(r.ClientPending) > 0 {
+		// Rare (a client that did not wait for its login's answer), and
+		// the filter might want to hand it straight back.
 		return out, false, nil
 	}
 	loopsOnce.Do(func() { startLoops(threads) })
@@ -166,15 +184,22 @@ func (c *Conn) onEventLoop(r Relay) (out loopOutcome, handled bool, err error) {
 		first: -1,
 		done:  make(chan struct{}),
 	}
+	l := loops[int(nextLoop.Add(1))%len(loops)]
+	if r.FromClient != nil {
+		s.filter = r.FromClient
+		s.out = loopOutput{l: l, s: s}
+	}
 	s.keep(sideBackend, r.ClientPending)
 	s.keep(sideClient, r.BackendPending)
-	l := loops[int(nextLoop.Add(1))%len(loops)]
 	l.attach(s)
 	stop := context.AfterFunc(c.ctx, func() { l.detach(s) })
 	<-s.done
 	stop()
 
-	if s.eof[sideClient] && s.eof[sideBackend] {
+	// Both streams ended and everything written: the session is over.
+	// (A write that failed after both ends leaves bytes kept, for the
+	// goroutines to fail on.)
+	if s.eof[sideClient] && s.eof[sideBackend] && len(s.pend[sideClient]) == 0 && len(s.pend[sideBackend]) == 0 && s.filterErr == nil {
 		unix.Close(s.fd[sideClient])
 		unix.Close(s.fd[sideBackend])
 		out.ended, out.reason = true, endBackendClosed
@@ -185,6 +210,11 @@ func (c *Conn) onEventLoop(r Relay) (out loopOutcome, handled bool, err error) {
 	}
 	next := &out.next
 	next.ClientPending, next.BackendPending = s.handBack(sideBackend), s.handBack(sideClient)
+	if s.filter != nil {
+		// What the loop still owes the backend has been filtered; what
+		// the filter handed off has not.
+		next.filtered, next.ClientPending = next.ClientPending, s.handedOff
+	}
 	if next.Client, err = socketConn(s.fd[sideClient]); err != nil {
 		unix.Close(s.fd[sideBackend])
 		return out, true, fmt.Errorf("client -> backend: leaving the event loop: %w", err)
@@ -193,10 +223,68 @@ func (c *Conn) onEventLoop(r Relay) (out loopOutcome, handled bool, err error) {
 		next.Client.Close()
 		return out, true, fmt.Errorf("backend -> client: leaving the event loop: %w", err)
 	}
-	if s.readErr != nil {
+	switch {
+	case s.readErr != nil:
 		return out, true, &loopReadError{side: s.readSide, err: s.readErr}
+	case s.filterErr != nil:
+		return out, true, fmt.Errorf("client -> backend: %w", s.filterErr)
 	}
 	return out, true, nil
+}
+
+// loopOutput is a filter's FilterOutput on the event loop: what it lets
+// through is written to the backend as the loop writes, and anything else
+// is handed to the session's goroutine.
+type loopOutput struct {
+	l *eventLoop
+	s *loopSession
+	// failed: a write to the backend failed; the rest is kept for the
+	// goroutines to fail on.
+	failed bool
+}
+
+func (o *loopOutput) ToBackend(p []byte) error {
+	s := o.s
+	if o.failed || len(s.pend[sideBackend]) > 0 {
+		s.add(sideBackend, p)
+		return nil
+	}
+	o.failed = !o.l.write(s, sideBackend, p)
+	return nil
+}
+
+// ToClient is never called on the loop: a filter hands off first.
+func (o *loopOutput) ToClient([]byte) error {
+	return errors.New("the filter answered the client without handing off to the session's goroutine")
+}
+
+func (o *loopOutput) HandOff(rest []byte) bool {
+	o.s.handedOff = append([]byte(nil), rest...)
+	return true
+}
+
+// filter runs the session's filter on p, read from the client, and gives
+// the session back if the filter handed off, failed, or could not write.
+func (l *eventLoop) filter(s *loopSession, p []byte) {
+	s.out.failed = false
+	err := s.filter.Filter(p, &s.out)
+	l.afterFilter(s, err)
+}
+
+// filterEnd tells the filter that the client's stream ended.
+func (l *eventLoop) filterEnd(s *loopSession) {
+	s.out.failed = false
+	err := s.filter.End(&s.out)
+	l.afterFilter(s, err)
+}
+
+func (l *eventLoop) afterFilter(s *loopSession, err error) {
+	if err != nil {
+		s.filterErr = err
+	}
+	if err != nil || s.out.failed || s.handedOff != nil {
+		l.giveBack(s)
+	}
 }
 
 // dupSocket is a new descriptor for c's socket.
@@ -220,6 +308,15 @@ func socketConn(fd int) (net.Conn, error) {
 		return nil, err
 	}
 	return PollSocket(c), nil
+}
+
+// add appends p to the bytes still to be written to side i.
+func (s *loopSession) add(i int, p []byte) {
+	if len(s.pend[i]) == 0 {
+		s.keep(i, p)
+		return
+	}
+	s.pend[i] = append(s.pend[i], p...)
 }
 
 // keep makes p the bytes still to be written to side i.
@@ -382,12 +479,22 @@ func (l *eventLoop) serve(s *loopSession, i int, events uint32) {
 			l.giveBack(s)
 			return
 		case n == 0:
-			// Nothing waits to be written to j: it is read only then.
 			s.eof[i] = true
 			if s.first < 0 {
 				s.first = i
 			}
-			if !l.halfClose(s, j) {
+			if i == sideClient && s.filter != nil {
+				if l.filterEnd(s); s.detached {
+					return
+				}
+			}
+			// Nothing waited to be written to j when i was read; a
+			// filter may have passed on what it held, which goes first.
+			if len(s.pend[j]) == 0 && !l.halfClose(s, j) {
+				return
+			}
+		case i == sideClient && s.filter != nil:
+			if l.filter(s, l.buf[:n]); s.detached {
 				return
 			}
 		default:

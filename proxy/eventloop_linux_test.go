@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -84,16 +85,42 @@ func startRelayWith(t *testing.T, limits config.Proxy, r func(client, backend ne
 // every byte counted and shown to the framers; the end of the streams
 // then hands the session back to the goroutines, which finish it.
 func TestEventLoopRelaysBothWaysUnderBackpressure(t *testing.T) {
+	relayBothWays(t, nil)
+}
+
+// TestEventLoopFiltersUnderBackpressure: the same with a filter of the
+// client's bytes, which the loop runs on every chunk and which keeps the
+// last byte of each for the next one (as a filter keeps a cut header):
+// the bytes it holds at the end of the stream reach the backend before
+// the backend's write side is shut.
+func TestEventLoopFiltersUnderBackpressure(t *testing.T) {
+	f := &holdingFilter{}
+	relayBothWays(t, f)
+	if f.chunks.Load() < 2 || f.handOffs.Load() != 0 {
+		t.Errorf("the filter saw %d chunks and handed off %d times; want several and none", f.chunks.Load(), f.handOffs.Load())
+	}
+}
+
+func relayBothWays(t *testing.T, filter *holdingFilter) {
 	before := loopSessionsOpen()
 	toClient, toBackend := &recordingFramer{}, &recordingFramer{}
 	pending := []byte("read ahead by the handshake")
+	if filter != nil {
+		pending = nil // a filtered session with read-ahead stays on goroutines
+	}
 	c, app, db, done := startRelay(t, func(client, backend net.Conn) Relay {
-		return Relay{Client: client, Backend: backend, ClientPending: pending, ToClient: toClient, ToBackend: toBackend}
+		r := Relay{Client: client, Backend: backend, ClientPending: pending, ToClient: toClient, ToBackend: toBackend}
+		if filter != nil {
+			r.FromClient = filter
+		}
+		return r
 	})
 
 	up, down := make([]byte, 8<<20), make([]byte, 8<<20)
 	rand.Read(up)
 	rand.Read(down)
+	// '!' is the test filter's command.
+	up = bytes.ReplaceAll(up, []byte("!"), []byte("?"))
 
 	// Each side writes all of its stream before it starts reading: the
 	// relay's writes meet full socket buffers both ways.
@@ -150,6 +177,96 @@ func TestEventLoopRelaysBothWaysUnderBackpressure(t *testing.T) {
 	}
 	if n := loopSessionsOpen(); n != before {
 		t.Errorf("the loops still hold %d sessions after the session ended, want %d", n, before)
+	}
+}
+
+// holdingFilter passes the client's bytes on, keeping the last byte of
+// each chunk for the next; '!' is a command it answers itself ("ack"),
+// after handing off to the session's goroutine where it must.
+type holdingFilter struct {
+	held     []byte
+	chunks   atomic.Int64
+	handOffs atomic.Int64
+}
+
+func (f *holdingFilter) Filter(p []byte, out FilterOutput) error {
+	f.chunks.Add(1)
+	p = append(f.held, p...)
+	f.held = nil
+	if i := bytes.IndexByte(p, '!'); i >= 0 {
+		if err := out.ToBackend(p[:i]); err != nil {
+			return err
+		}
+		if out.HandOff(p[i:]) {
+			f.handOffs.Add(1)
+			return nil
+		}
+		if err := out.ToClient([]byte("ack")); err != nil {
+			return err
+		}
+		p = p[i+1:]
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	f.held = []byte{p[len(p)-1]}
+	return out.ToBackend(p[:len(p)-1])
+}
+
+func (f *holdingFilter) End(out FilterOutput) error {
+	held := f.held
+	f.held = nil
+	if len(held) == 0 {
+		return nil
+	}
+	return out.ToBackend(held)
+}
+
+// TestEventLoopFilterHandsOff: a filter that must answer the client hands
+// the session from the loop to its goroutine, with what it had not yet
+// passed on; the goroutine filters it, answers, and relays the rest of
+// the session, the bytes held by the filter included.
+func TestEventLoopFilterHandsOff(t *testing.T) {
+	before := loopSessionsOpen()
+	f := &holdingFilter{}
+	_, app, db, done := startRelay(t, func(client, backend net.Conn) Relay {
+		return Relay{Client: client, Backend: backend, FromClient: f}
+	})
+	if _, err := app.Write([]byte("select")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(db, buf); err != nil || string(buf) != "selec" {
+		t.Fatalf("the backend read %q, %v; want all but the held byte", buf, err)
+	}
+	if n := loopSessionsOpen(); n != before+1 {
+		t.Fatalf("the loops hold %d sessions, want %d", n, before+1)
+	}
+
+	if _, err := app.Write([]byte("!tail")); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 3)
+	if _, err := io.ReadFull(app, ack); err != nil || string(ack) != "ack" {
+		t.Fatalf("the client read %q, %v; want the filter's answer", ack, err)
+	}
+	if f.handOffs.Load() != 1 {
+		t.Errorf("%d hand-offs, want 1", f.handOffs.Load())
+	}
+	if n := loopSessionsOpen(); n != before {
+		t.Errorf("the loops hold %d sessions after the hand-off, want %d", n, before)
+	}
+	app.CloseWrite()
+	got, err := io.ReadAll(db)
+	if err != nil || string(got) != "ttail" {
+		t.Errorf("the backend read %q, %v after the hand-off; want the held byte and the rest", got, err)
+	}
+	db.CloseWrite()
+	if rest, err := io.ReadAll(app); err != nil || len(rest) != 0 {
+		t.Errorf("the client read %q, %v at the end", rest, err)
+	}
+	if r := <-done; r.err != nil || r.reason != endClientClosed {
+		t.Errorf("ended with %q, %v; want %q", r.reason, r.err, endClientClosed)
 	}
 }
 

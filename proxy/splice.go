@@ -56,6 +56,14 @@ type FilterOutput interface {
 	// client between two of the backend's messages. It fails with
 	// ErrBackendMidMessage if a message of the backend's is half written.
 	ToClient(p []byte) error
+	// HandOff is asked before the filter answers the client or does
+	// anything that may wait (a KILL dials another backend). Where the
+	// filter runs on the event loop, which must do neither, it takes rest
+	// (the bytes of the chunk not yet passed on; copied) to be filtered
+	// again by the session's own goroutine, and reports true: the filter
+	// returns at once, holding nothing of rest. Elsewhere it reports
+	// false and the filter goes on.
+	HandOff(rest []byte) bool
 }
 
 // ErrBackendMidMessage is why FilterOutput.ToClient refuses to write: the
@@ -82,6 +90,10 @@ type Relay struct {
 	// FromClient, if set, sees the client's bytes (ClientPending first)
 	// before the backend does, and may answer the client itself.
 	FromClient ClientFilter
+	// filtered are bytes for the backend that FromClient has already
+	// seen (the event loop's, when it hands a session back); they go
+	// before ClientPending.
+	filtered []byte
 	// Goodbye writes to the client, between two messages, the protocol's
 	// error saying why the session ends (cause is ErrShuttingDown,
 	// ErrTerminated, a *RevokedError, or a *BackendLostError when the
@@ -227,6 +239,7 @@ func (c *Conn) relay(r Relay) (reason string, err error) {
 	// it provokes cannot overtake it.
 	var rank atomic.Int32
 	up := newDirection("client -> backend", r.Client, r.Backend, r.ClientPending, r.ToBackend, &c.toBackend, &rank)
+	up.filtered = r.filtered
 	down := newDirection("backend -> client", r.Backend, r.Client, r.BackendPending, r.ToClient, &c.toClient, &rank)
 	if r.FromClient != nil {
 		// The filter's answers and the backend's messages share the
@@ -414,6 +427,9 @@ type direction struct {
 	// filter, if set, decides what of src reaches dst; out is its output.
 	filter ClientFilter
 	out    *filterOutput
+	// filtered go to dst before pending, past the filter, which has seen
+	// them.
+	filtered []byte
 }
 
 func newDirection(name string, src, dst net.Conn, pending []byte, framer Framer, count *atomic.Int64, rank *atomic.Int32) *direction {
@@ -428,6 +444,14 @@ func (d *direction) end() { d.ranked = d.rank.Add(1) }
 type closeWriter interface{ CloseWrite() error }
 
 func (d *direction) run(ending *atomic.Bool) (outcome, error) {
+	if len(d.filtered) > 0 {
+		if err := d.write(d.filtered); err != nil {
+			d.broken = d.dst
+			d.end()
+			return outFailed, err
+		}
+		d.filtered = nil
+	}
 	if len(d.pending) > 0 {
 		if err := d.pass(d.pending); err != nil {
 			d.end()
@@ -536,6 +560,9 @@ func (o *filterOutput) ToClient(p []byte) error {
 	}
 	return nil
 }
+
+// HandOff is false: the session's own goroutine may wait and answer.
+func (o *filterOutput) HandOff([]byte) bool { return false }
 
 // failedOn is the connection to blame for a filter's failure: the one a
 // write failed on, else the client, whose bytes the filter refused.

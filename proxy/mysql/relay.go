@@ -32,7 +32,9 @@ import (
 //
 // Only the start of a packet that a chunk cuts before its header, its
 // command byte or (for a candidate KILL) its end is copied, to be looked
-// at with the next chunk.
+// at with the next chunk. Before acting on either command, it offers the
+// rest of the chunk to FilterOutput.HandOff, so that on the event loop
+// the session's goroutine answers it and carries out the KILL.
 type commandFilter struct {
 	kills killer
 	held  []byte // the cut-off start of a packet, not yet passed on
@@ -95,6 +97,9 @@ func (f *commandFilter) Filter(p []byte, out proxy.FilterOutput) error {
 			if err := pass(out, p[from:i]); err != nil {
 				return err
 			}
+			if out.HandOff(rest) {
+				return nil
+			}
 			if err := answer(out, "COM_CHANGE_USER", errPacket(gomysql.ER_NOT_SUPPORTED_YET, stateSyntaxAccess,
 				"portcullis does not support COM_CHANGE_USER: this connection stays signed in as it is; open a new connection to sign in as someone else")); err != nil {
 				return err
@@ -106,7 +111,19 @@ func (f *commandFilter) Filter(p []byte, out proxy.FilterOutput) error {
 			if len(rest) < 4+n {
 				return f.hold(out, p[from:i], rest)
 			}
-			replaced, err := f.interceptKill(out, p[from:i], rest[:4+n])
+			id, connection, ok := killTarget(rest[5 : 4+n])
+			if !ok {
+				f.left = 4 + n
+				continue
+			}
+			if err := pass(out, p[from:i]); err != nil {
+				return err
+			}
+			from = i
+			if out.HandOff(rest) {
+				return nil
+			}
+			replaced, err := f.intercept(out, id, connection)
 			if err != nil {
 				return err
 			}
@@ -165,28 +182,30 @@ func mayBeKill(sql []byte) bool {
 	return true
 }
 
-// interceptKill handles pkt, a whole COM_QUERY packet, if it is a KILL of
-// a portcullis connection id: before (the bytes ahead of it) is passed
-// on, then the replacement or portcullis's answer. It reports whether it
-// did.
-func (f *commandFilter) interceptKill(out proxy.FilterOutput, before, pkt []byte) (bool, error) {
-	m := killStatement.FindSubmatch(pkt[5:])
+// killTarget reads sql, a COM_QUERY's statement, as "KILL [QUERY |
+// CONNECTION] <id>": ok if it is one.
+func killTarget(sql []byte) (id uint32, connection, ok bool) {
+	m := killStatement.FindSubmatch(sql)
 	if m == nil {
-		return false, nil
+		return 0, false, false
 	}
-	id, err := strconv.ParseUint(string(m[2]), 10, 32)
+	n, err := strconv.ParseUint(string(m[2]), 10, 32)
 	if err != nil {
-		return false, nil
+		return 0, false, false
 	}
-	connection := len(m[1]) > 0 && (m[1][0] == 'C' || m[1][0] == 'c')
+	return uint32(n), len(m[1]) > 0 && (m[1][0] == 'C' || m[1][0] == 'c'), true
+}
+
+// intercept carries out a KILL of id if id is a portcullis connection id,
+// sending the backend the replacement or the client portcullis's answer.
+// It reports whether it did; if not, the KILL goes to the backend as it
+// is.
+func (f *commandFilter) intercept(out proxy.FilterOutput, id uint32, connection bool) (bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), killTimeout)
 	defer cancel()
-	handled, replace, errReply := f.kills.kill(ctx, uint32(id), connection)
+	handled, replace, errReply := f.kills.kill(ctx, id, connection)
 	if !handled {
 		return false, nil
-	}
-	if err := pass(out, before); err != nil {
-		return true, err
 	}
 	if replace != nil {
 		// The backend answers the replacement, with its own status.

@@ -14,11 +14,45 @@ import (
 )
 
 // recordedOutput is a FilterOutput that records what each side got; a
-// client answer is refused while backendMidMessage is set.
+// client answer is refused while backendMidMessage is set. While onLoop
+// is set it stands for the event loop: it takes every hand-off (into
+// handedOff) and refuses an answer to the client.
 type recordedOutput struct {
 	backend, client   bytes.Buffer
 	backendMidMessage bool
 	backendWrites     int
+	onLoop            bool
+	handedOff         []byte
+	handOffs          int
+}
+
+func (o *recordedOutput) HandOff(rest []byte) bool {
+	if !o.onLoop {
+		return false
+	}
+	o.handedOff = bytes.Clone(rest)
+	o.handOffs++
+	return true
+}
+
+// filterThrough runs chunks through f as a session does, on the event
+// loop first if onLoop: once the filter hands off, the session's
+// goroutine filters what was handed off, then everything after it.
+func filterThrough(f *commandFilter, out *recordedOutput, chunks [][]byte, onLoop bool) error {
+	out.onLoop = onLoop
+	for _, c := range chunks {
+		if err := f.Filter(c, out); err != nil {
+			return err
+		}
+		if out.handedOff != nil {
+			rest := out.handedOff
+			out.onLoop, out.handedOff = false, nil
+			if err := f.Filter(rest, out); err != nil {
+				return err
+			}
+		}
+	}
+	return f.End(out)
 }
 
 func (o *recordedOutput) ToBackend(p []byte) error {
@@ -28,6 +62,9 @@ func (o *recordedOutput) ToBackend(p []byte) error {
 }
 
 func (o *recordedOutput) ToClient(p []byte) error {
+	if o.onLoop {
+		return errors.New("answered the client on the event loop")
+	}
 	if o.backendMidMessage {
 		return proxy.ErrBackendMidMessage
 	}
@@ -61,14 +98,15 @@ func TestCommandFilter(t *testing.T) {
 		in          [][]byte
 		wantBackend [][]byte
 		wantClient  []byte
+		handOff     bool // on the event loop, the filter hands the session off
 	}{
 		{name: "queries pass", in: [][]byte{query("SELECT 1"), pkt(0, gomysql.COM_PING)}, wantBackend: [][]byte{query("SELECT 1"), pkt(0, gomysql.COM_PING)}},
-		{name: "change user refused", in: [][]byte{changeUser, query("SELECT 2")}, wantBackend: [][]byte{query("SELECT 2")}, wantClient: refusal},
-		{name: "change user between queries", in: [][]byte{query("SELECT 1"), changeUser, query("SELECT 2")}, wantBackend: [][]byte{query("SELECT 1"), query("SELECT 2")}, wantClient: refusal},
+		{name: "change user refused", in: [][]byte{changeUser, query("SELECT 2")}, wantBackend: [][]byte{query("SELECT 2")}, wantClient: refusal, handOff: true},
+		{name: "change user between queries", in: [][]byte{query("SELECT 1"), changeUser, query("SELECT 2")}, wantBackend: [][]byte{query("SELECT 1"), query("SELECT 2")}, wantClient: refusal, handOff: true},
 		{name: "non-command packets pass", in: [][]byte{pkt(3, big...)}, wantBackend: [][]byte{pkt(3, big...)}},
-		{name: "kill of a portcullis id", in: [][]byte{query("kill query 1073741825;"), query("SELECT 3")}, wantBackend: [][]byte{query("DO 0"), query("SELECT 3")}},
-		{name: "kill after white space", in: [][]byte{query("SELECT 1"), query(" \n\tKILL 1073741825")}, wantBackend: [][]byte{query("SELECT 1"), query("DO 0")}},
-		{name: "kill of a backend id passes", in: [][]byte{query("KILL QUERY 12")}, wantBackend: [][]byte{query("KILL QUERY 12")}},
+		{name: "kill of a portcullis id", in: [][]byte{query("kill query 1073741825;"), query("SELECT 3")}, wantBackend: [][]byte{query("DO 0"), query("SELECT 3")}, handOff: true},
+		{name: "kill after white space", in: [][]byte{query("SELECT 1"), query(" \n\tKILL 1073741825")}, wantBackend: [][]byte{query("SELECT 1"), query("DO 0")}, handOff: true},
+		{name: "kill of a backend id passes", in: [][]byte{query("KILL QUERY 12")}, wantBackend: [][]byte{query("KILL QUERY 12")}, handOff: true},
 		{name: "a long kill passes", in: [][]byte{query("KILL 1073741825" + strings.Repeat(" ", killCandidateMax))}, wantBackend: [][]byte{query("KILL 1073741825" + strings.Repeat(" ", killCandidateMax))}},
 		{name: "empty packet", in: [][]byte{pkt(0)}, wantBackend: [][]byte{pkt(0)}},
 		{name: "truncated at the end", in: [][]byte{{5, 0, 0}}, wantBackend: [][]byte{{5, 0, 0}}},
@@ -77,27 +115,28 @@ func TestCommandFilter(t *testing.T) {
 	}
 	for _, tt := range tests {
 		for _, chunk := range []int{1, 3, 4096} {
-			t.Run(fmt.Sprintf("%s/chunk %d", tt.name, chunk), func(t *testing.T) {
-				f := &commandFilter{kills: fixedKiller{ids: map[uint32]bool{1073741825: true}}}
-				out := &recordedOutput{}
-				in := bytes.Join(tt.in, nil)
-				for len(in) > 0 {
-					k := min(chunk, len(in))
-					if err := f.Filter(in[:k], out); err != nil {
+			for _, onLoop := range []bool{false, true} {
+				t.Run(fmt.Sprintf("%s/chunk %d/on the loop %v", tt.name, chunk, onLoop), func(t *testing.T) {
+					f := &commandFilter{kills: fixedKiller{ids: map[uint32]bool{1073741825: true}}}
+					out := &recordedOutput{}
+					var chunks [][]byte
+					for in := bytes.Join(tt.in, nil); len(in) > 0; in = in[min(chunk, len(in)):] {
+						chunks = append(chunks, in[:min(chunk, len(in))])
+					}
+					if err := filterThrough(f, out, chunks, onLoop); err != nil {
 						t.Fatal(err)
 					}
-					in = in[k:]
-				}
-				if err := f.End(out); err != nil {
-					t.Fatal(err)
-				}
-				if want := bytes.Join(tt.wantBackend, nil); !bytes.Equal(out.backend.Bytes(), want) {
-					t.Errorf("backend got %q, want %q", out.backend.Bytes(), want)
-				}
-				if !bytes.Equal(out.client.Bytes(), tt.wantClient) {
-					t.Errorf("client got %q, want %q", out.client.Bytes(), tt.wantClient)
-				}
-			})
+					if want := onLoop && tt.handOff; (out.handOffs == 1) != want || out.handOffs > 1 {
+						t.Errorf("%d hand-offs; want one: %v", out.handOffs, want)
+					}
+					if want := bytes.Join(tt.wantBackend, nil); !bytes.Equal(out.backend.Bytes(), want) {
+						t.Errorf("backend got %q, want %q", out.backend.Bytes(), want)
+					}
+					if !bytes.Equal(out.client.Bytes(), tt.wantClient) {
+						t.Errorf("client got %q, want %q", out.client.Bytes(), tt.wantClient)
+					}
+				})
+			}
 		}
 	}
 }
@@ -180,7 +219,8 @@ func FuzzParseHandshakeResponse(f *testing.F) {
 }
 
 // FuzzCommandFilter: whatever the client sends, however the splice's reads
-// cut it, the backend and the client get the same bytes; and a stream with
+// cut it, and whether the event loop or the session's goroutine runs the
+// filter, the backend and the client get the same bytes; and a stream with
 // neither a COM_CHANGE_USER byte nor a K in it reaches the backend as it
 // is.
 func FuzzCommandFilter(f *testing.F) {
@@ -190,27 +230,24 @@ func FuzzCommandFilter(f *testing.F) {
 	f.Add([]byte{0xff, 0xff, 0xff, 0, gomysql.COM_QUERY, 'K'}, uint16(2))
 	f.Add([]byte{5, 0, 0}, uint16(1))
 	f.Fuzz(func(t *testing.T, in []byte, cut uint16) {
-		run := func(chunks [][]byte) (backend, client []byte) {
+		run := func(chunks [][]byte, onLoop bool) (backend, client []byte) {
 			filter := &commandFilter{kills: fixedKiller{ids: map[uint32]bool{1073741825: true}}}
 			out := &recordedOutput{}
-			for _, c := range chunks {
-				if err := filter.Filter(c, out); err != nil {
-					t.Fatalf("Filter: %v", err)
-				}
-			}
-			if err := filter.End(out); err != nil {
-				t.Fatalf("End: %v", err)
+			if err := filterThrough(filter, out, chunks, onLoop); err != nil {
+				t.Fatalf("filter: %v", err)
 			}
 			return out.backend.Bytes(), out.client.Bytes()
 		}
-		wholeBackend, wholeClient := run([][]byte{in})
+		wholeBackend, wholeClient := run([][]byte{in}, false)
 		k := int(cut) % (len(in) + 1)
-		splitBackend, splitClient := run([][]byte{in[:k], in[k:]})
+		// Cut in two on the event loop, which hands off where the filter
+		// would answer or wait.
+		splitBackend, splitClient := run([][]byte{in[:k], in[k:]}, true)
 		var bytewise [][]byte
 		for i := range in {
 			bytewise = append(bytewise, in[i:i+1])
 		}
-		byteBackend, byteClient := run(bytewise)
+		byteBackend, byteClient := run(bytewise, false)
 		if !bytes.Equal(wholeBackend, splitBackend) || !bytes.Equal(wholeBackend, byteBackend) {
 			t.Fatalf("the backend got different bytes by chunking: whole %q, cut at %d %q, byte by byte %q", wholeBackend, k, splitBackend, byteBackend)
 		}

@@ -86,16 +86,33 @@ func (h *harness) listen(t *testing.T, tlsSetting string) (string, *tapListener)
 		t.Fatal(err)
 	}
 	tap := &tapListener{Listener: ln}
+	h.serveOn(t, tap, tlsSetting)
+	return ln.Addr().String(), tap
+}
+
+// listenBare is listen without the tap: its sessions' client legs are
+// bare sockets, as in production, so that the relay's event loop takes
+// them where the backend leg is bare too.
+func (h *harness) listenBare(t *testing.T, tlsSetting string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.serveOn(t, ln, tlsSetting)
+	return ln.Addr().String()
+}
+
+func (h *harness) serveOn(t *testing.T, ln net.Listener, tlsSetting string) {
 	l := config.Listener{Name: "mysql-" + tlsSetting, Protocol: config.ProtocolMySQL, TLS: tlsSetting, DefaultResource: "app"}
 	served := make(chan error, 1)
-	go func() { served <- h.srv.Serve(context.Background(), tap, l) }()
+	go func() { served <- h.srv.Serve(context.Background(), ln, l) }()
 	t.Cleanup(func() {
 		ln.Close()
 		if err := <-served; err != nil {
 			t.Errorf("Serve(%s): %v", l.Name, err)
 		}
 	})
-	return ln.Addr().String(), tap
 }
 
 // openPlain opens one go-sql-driver connection to addr without TLS.

@@ -12,6 +12,7 @@ import (
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/portcullisdb/portcullis/auth"
+	"github.com/portcullisdb/portcullis/config"
 )
 
 // go-sql-driver logs in with the session key through
@@ -241,6 +242,45 @@ func TestKillQuery(t *testing.T) {
 			t.Errorf("the query ran %s after KILL QUERY", elapsed)
 		}
 	})
+}
+
+// TestKillQueryWithoutTLS: without TLS on either leg, the killer's session
+// is relayed by the event loop, which hands it to its goroutine to carry
+// out a KILL of a portcullis connection id; the session goes on there.
+func TestKillQueryWithoutTLS(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	key, err := h.signIn(aliceUPN, aliceUPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	plain := h.listenBare(t, config.ListenerTLSDisabled)
+	// app_ed's backend leg has no TLS either.
+	killer := openPlain(t, plain, aliceUPN, key, "app_ed")
+	var n int
+	if err := killer.QueryRowContext(ctx, "SELECT 1").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	r := dialRaw(t, h.addr)
+	if p := r.login(h.tlsCfg, aliceUPN, key, "app"); p[0] != gomysql.OK_HEADER {
+		t.Fatalf("login: %q", p)
+	}
+	elapsed := runKilled(ctx, t, func(ctx context.Context) error {
+		r.seq = 0
+		r.write(append([]byte{gomysql.COM_QUERY}, "SELECT SLEEP(20)"...))
+		_, err := r.read()
+		return err
+	}, func() error {
+		_, err := killer.ExecContext(ctx, fmt.Sprintf("KILL QUERY %d", r.connID))
+		return err
+	})
+	if elapsed > 10*time.Second {
+		t.Errorf("the query ran %s after KILL QUERY", elapsed)
+	}
+	if err := killer.QueryRowContext(ctx, "SELECT 2").Scan(&n); err != nil || n != 2 {
+		t.Errorf("the killer's session after the KILL: %d, %v", n, err)
+	}
 }
 
 // runKilled runs query, waits until the backend shows it running, runs
