@@ -48,12 +48,14 @@
 // TLS connections on it, so that logins and TLS sessions cost the same
 // way; the splice reads a poll socket's descriptor as it does a bare one.
 //
-// A session whose two legs are bare sockets and which has no filter is
-// relayed by an event loop (eventloop_linux.go) while its bytes simply
-// flow: one goroutine per loop serves every ready socket of its sessions
-// per wake-up. Stream ends are passed on there; a reset, an error or the
-// session's end hands the sockets back, with the bytes the loop held, to
-// the goroutines above. Proxy.RelayThreads sets the number of loops.
+// A session whose two legs are bare sockets is relayed by an event loop
+// (eventloop_linux.go) while its bytes simply flow: one goroutine per
+// loop serves every ready socket of its sessions per wake-up, running the
+// session's filter if it has one. Stream ends are passed on there; a
+// reset, an error, the session's end, or a filter that must answer the
+// client or wait (FilterOutput.HandOff) hands the sockets back, with the
+// bytes the loop held, to the goroutines above. Proxy.RelayThreads sets
+// the number of loops.
 //
 // # Ending sessions: drain and kill
 //
