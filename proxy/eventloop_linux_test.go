@@ -232,13 +232,8 @@ func TestEventLoopFilterHandsOff(t *testing.T) {
 	_, app, db, done := startRelay(t, func(client, backend net.Conn) Relay {
 		return Relay{Client: client, Backend: backend, FromClient: f}
 	})
-	if _, err := app.Write([]byte("select")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 5)
-	if _, err := io.ReadFull(db, buf); err != nil || string(buf) != "selec" {
-		t.Fatalf("the backend read %q, %v; want all but the held byte", buf, err)
-	}
+	// All but the byte the filter holds.
+	sendThrough(t, app, db, "select", "selec")
 	if n := loopSessionsOpen(); n != before+1 {
 		t.Fatalf("the loops hold %d sessions, want %d", n, before+1)
 	}
@@ -270,6 +265,19 @@ func TestEventLoopFilterHandsOff(t *testing.T) {
 	}
 }
 
+// sendThrough writes sent on the client program's end and reads want from
+// the database's.
+func sendThrough(t *testing.T, app, db net.Conn, sent, want string) {
+	t.Helper()
+	if _, err := app.Write([]byte(sent)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len(want))
+	if _, err := io.ReadFull(db, buf); err != nil || string(buf) != want {
+		t.Fatalf("the backend read %q, %v; want %q", buf, err, want)
+	}
+}
+
 // TestEventLoopHandsBackEndedSessions: ending a session that sits idle on
 // the loop gives its sockets back to the goroutines, which write the
 // goodbye to the client and close the backend.
@@ -283,13 +291,7 @@ func TestEventLoopHandsBackEndedSessions(t *testing.T) {
 			}}
 	})
 	// One round trip through the loop, then the session idles there.
-	if _, err := app.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4)
-	if _, err := io.ReadFull(db, buf); err != nil || string(buf) != "ping" {
-		t.Fatalf("the backend read %q, %v", buf, err)
-	}
+	sendThrough(t, app, db, "ping", "ping")
 	if n := loopSessionsOpen(); n != before+1 {
 		t.Fatalf("the loops hold %d sessions, want %d", n, before+1)
 	}
@@ -320,13 +322,7 @@ func TestEventLoopOff(t *testing.T) {
 	_, app, db, done := startRelayWith(t, config.Proxy{RelayThreads: -1}, func(client, backend net.Conn) Relay {
 		return Relay{Client: client, Backend: backend}
 	})
-	if _, err := app.Write([]byte("ping")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 4)
-	if _, err := io.ReadFull(db, buf); err != nil || string(buf) != "ping" {
-		t.Fatalf("the backend read %q, %v", buf, err)
-	}
+	sendThrough(t, app, db, "ping", "ping")
 	if n := loopSessionsOpen(); n != before {
 		t.Errorf("the loops hold %d sessions with the event loop off, want %d", n, before)
 	}
