@@ -239,7 +239,7 @@ type loopOutput struct {
 	l *eventLoop
 	s *loopSession
 	// failed: a write to the backend failed; the rest is kept for the
-	// goroutines to fail on.
+	// goroutines to fail on, and the session leaves the loop.
 	failed bool
 }
 
@@ -263,28 +263,18 @@ func (o *loopOutput) HandOff(rest []byte) bool {
 	return true
 }
 
-// filter runs the session's filter on p, read from the client, and gives
-// the session back if the filter handed off, failed, or could not write.
-func (l *eventLoop) filter(s *loopSession, p []byte) {
-	s.out.failed = false
-	err := s.filter.Filter(p, &s.out)
-	l.afterFilter(s, err)
-}
-
-// filterEnd tells the filter that the client's stream ended.
-func (l *eventLoop) filterEnd(s *loopSession) {
-	s.out.failed = false
-	err := s.filter.End(&s.out)
-	l.afterFilter(s, err)
-}
-
-func (l *eventLoop) afterFilter(s *loopSession, err error) {
+// filtered follows a call of the session's filter that returned err: if
+// the filter handed off or failed, or a write it passed on failed, the
+// session goes back to its goroutine, and filtered reports true.
+func (l *eventLoop) filtered(s *loopSession, err error) bool {
 	if err != nil {
 		s.filterErr = err
 	}
 	if err != nil || s.out.failed || s.handedOff != nil {
 		l.giveBack(s)
+		return true
 	}
+	return false
 }
 
 // dupSocket is a new descriptor for c's socket.
@@ -483,10 +473,8 @@ func (l *eventLoop) serve(s *loopSession, i int, events uint32) {
 			if s.first < 0 {
 				s.first = i
 			}
-			if i == sideClient && s.filter != nil {
-				if l.filterEnd(s); s.detached {
-					return
-				}
+			if i == sideClient && s.filter != nil && l.filtered(s, s.filter.End(&s.out)) {
+				return
 			}
 			// Nothing waited to be written to j when i was read; a
 			// filter may have passed on what it held, which goes first.
@@ -494,7 +482,7 @@ func (l *eventLoop) serve(s *loopSession, i int, events uint32) {
 				return
 			}
 		case i == sideClient && s.filter != nil:
-			if l.filter(s, l.buf[:n]); s.detached {
+			if l.filtered(s, s.filter.Filter(l.buf[:n], &s.out)) {
 				return
 			}
 		default:

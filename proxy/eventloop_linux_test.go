@@ -265,6 +265,32 @@ func TestEventLoopFilterHandsOff(t *testing.T) {
 	}
 }
 
+// TestEventLoopFilterSeesReadAhead: bytes the handshake read ahead of a
+// filtered session go through the filter, never straight to the backend
+// (a COM_CHANGE_USER pipelined behind a login must be answered, not
+// passed on).
+func TestEventLoopFilterSeesReadAhead(t *testing.T) {
+	f := &holdingFilter{}
+	_, app, db, done := startRelay(t, func(client, backend net.Conn) Relay {
+		return Relay{Client: client, Backend: backend, FromClient: f, ClientPending: []byte("ab!cd")}
+	})
+	app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	db.SetReadDeadline(time.Now().Add(10 * time.Second))
+	ack := make([]byte, 3)
+	if _, err := io.ReadFull(app, ack); err != nil || string(ack) != "ack" {
+		t.Fatalf("the client read %q, %v; want the filter's answer", ack, err)
+	}
+	app.CloseWrite()
+	if got, err := io.ReadAll(db); err != nil || string(got) != "abcd" {
+		t.Errorf("the backend read %q, %v; want the read-ahead bytes as the filter passed them", got, err)
+	}
+	db.CloseWrite()
+	io.ReadAll(app)
+	if r := <-done; r.err != nil {
+		t.Errorf("ended with %q, %v", r.reason, r.err)
+	}
+}
+
 // sendThrough writes sent on the client program's end and reads want from
 // the database's.
 func sendThrough(t *testing.T, app, db net.Conn, sent, want string) {

@@ -445,8 +445,7 @@ type closeWriter interface{ CloseWrite() error }
 
 func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 	if len(d.filtered) > 0 {
-		if err := d.write(d.filtered); err != nil {
-			d.broken = d.dst
+		if err := d.writeDst(d.filtered); err != nil {
 			d.end()
 			return outFailed, err
 		}
@@ -503,15 +502,20 @@ func (d *direction) run(ending *atomic.Bool) (outcome, error) {
 // which connection broke.
 func (d *direction) pass(p []byte) error {
 	if d.filter == nil {
-		err := d.write(p)
-		if err != nil {
-			d.broken = d.dst
-		}
-		return err
+		return d.writeDst(p)
 	}
 	err := d.filter.Filter(p, d.out)
 	if err != nil {
 		d.broken = d.out.failedOn()
+	}
+	return err
+}
+
+// writeDst writes p to dst, noting dst as broken if that fails.
+func (d *direction) writeDst(p []byte) error {
+	err := d.write(p)
+	if err != nil {
+		d.broken = d.dst
 	}
 	return err
 }
