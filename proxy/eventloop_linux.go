@@ -203,7 +203,7 @@ func (c *Conn) onEventLoop(r Relay) (out loopOutcome, handled bool, err error) {
 		unix.Close(s.fd[sideClient])
 		unix.Close(s.fd[sideBackend])
 		out.ended, out.reason = true, endBackendClosed
-		if s.first == sideClient {
+		if s.first == sideClient || saidGoodbye(r.ToBackend) {
 			out.reason = endClientClosed
 		}
 		return out, true, nil

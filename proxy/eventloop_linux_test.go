@@ -393,3 +393,49 @@ func TestLeftLoopBrokenBackend(t *testing.T) {
 		t.Errorf("framer told of %q and %d bytes counted; want %q", framer.bytes(), c.toClient.Load(), owed)
 	}
 }
+
+// goodbyeFramer says the client said goodbye once it has been told of
+// the word.
+type goodbyeFramer struct {
+	recordingFramer
+	word string
+}
+
+func (f *goodbyeFramer) SaidGoodbye() bool {
+	return f.word != "" && bytes.Contains(f.bytes(), []byte(f.word))
+}
+
+// TestGoodbyeThenReset: a client that says the protocol's goodbye, sees
+// the backend close in answer, and then resets its connection (as the
+// mariadb command line does over TLS, closing with portcullis's
+// half-close unread) has closed its session: not a backend close, not a
+// failure. Without the goodbye the same sockets end a session whose
+// client failed after the backend closed. On the event loop and off it.
+func TestGoodbyeThenReset(t *testing.T) {
+	for _, loop := range []bool{true, false} {
+		for _, goodbye := range []string{"QUIT", ""} {
+			limits := config.Proxy{}
+			if !loop {
+				limits.RelayThreads = -1
+			}
+			_, app, db, done := startRelayWith(t, limits, func(client, backend net.Conn) Relay {
+				return Relay{Client: client, Backend: backend, ToBackend: &goodbyeFramer{word: goodbye}}
+			})
+			sendThrough(t, app, db, "QUIT", "QUIT")
+			db.Close()
+			app.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := app.Read(make([]byte, 1)); err != io.EOF {
+				t.Fatalf("loop %v: the client's read after the backend closed: %v, want EOF", loop, err)
+			}
+			app.SetLinger(0)
+			app.Close()
+			r := <-done
+			switch {
+			case goodbye != "" && (r.reason != endClientClosed || r.err != nil):
+				t.Errorf("loop %v, after the goodbye: ended with %q, %v; want %q and no error", loop, r.reason, r.err, endClientClosed)
+			case goodbye == "" && (r.reason == endClientClosed || !errors.Is(r.err, syscall.ECONNRESET)):
+				t.Errorf("loop %v, without a goodbye: ended with %q, %v; want the client's reset", loop, r.reason, r.err)
+			}
+		}
+	}
+}

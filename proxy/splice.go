@@ -31,6 +31,25 @@ type Framer interface {
 	Pending() int
 }
 
+// A GoodbyeFramer is a ToBackend Framer that also spots the protocol's
+// goodbye from the client (PostgreSQL's Terminate, MySQL's COM_QUIT).
+type GoodbyeFramer interface {
+	Framer
+	// SaidGoodbye reports whether the goodbye has been passed on.
+	SaidGoodbye() bool
+}
+
+// saidGoodbye reports whether the client said goodbye on f's stream. The
+// session then ends as the client asked, whatever the sockets do after:
+// the backend closing first in answer, or the client resetting its
+// connection (closing it with portcullis's half-close unread, as the
+// mariadb command line does over TLS), is the client closing, not a
+// failure.
+func saidGoodbye(f Framer) bool {
+	g, ok := f.(GoodbyeFramer)
+	return ok && g.SaidGoodbye()
+}
+
 // ClientFilter stands between the client and the backend for a protocol
 // that must act on some of the client's messages itself (MySQL's
 // COM_CHANGE_USER and KILL). The splice hands it every chunk it reads
@@ -216,6 +235,9 @@ func (c *Conn) relay(r Relay) (reason string, err error) {
 		// with the connection, as the ones they replace would have.
 		c.adopt(out.next.Client, out.next.Backend)
 		if err != nil {
+			if saidGoodbye(out.next.ToBackend) {
+				return endClientClosed, nil
+			}
 			return c.leftLoopBroken(out.next, err)
 		}
 		r = out.next
@@ -280,6 +302,9 @@ func (c *Conn) relay(r Relay) (reason string, err error) {
 	if ending.Load() {
 		<-endingSet
 		return c.stopped(r, first, second, up, down)
+	}
+	if saidGoodbye(r.ToBackend) {
+		return endClientClosed, nil
 	}
 	if first.out == outFailed && first.dir.broken == r.Backend {
 		c.backendLost(r, first.err)

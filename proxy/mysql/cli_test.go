@@ -171,3 +171,52 @@ func TestCLIDialogAndSessionKey(t *testing.T) {
 	}
 	h.noSecretsLogged(key, code, userNative.Password)
 }
+
+// TestCLIQuitIsAClientClose: the mariadb command line ends a session with
+// COM_QUIT and closes its TLS connection without reading what follows,
+// so its socket often resets once portcullis passes on the backend's
+// close. Every such session ends as the client's close, with no error
+// (no relay_error counted for an ordinary exit).
+func TestCLIQuitIsAClientClose(t *testing.T) {
+	h := newHarness(t, harnessOptions{grace: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+
+	// Signed in once (dialog), then the address grace lets the same
+	// person in again without a prompt.
+	first := h.cli(ctx, aliceUPN, "anything", "SELECT 1")
+	stdin, err := first.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h.approveNext(ctx, aliceUPN)
+	if _, err := stdin.Write([]byte("\n\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Wait(); err != nil {
+		t.Fatalf("mariadb, signing in: %v", err)
+	}
+	const runs = 12
+	for range runs {
+		if out, err := h.cli(ctx, aliceUPN, "anything", "SELECT 1").CombinedOutput(); err != nil {
+			t.Fatalf("mariadb: %v: %s", err, out)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(h.events("session.ended")) < runs+1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	ended := h.events("session.ended")
+	if len(ended) != runs+1 {
+		t.Fatalf("%d sessions ended, want %d", len(ended), runs+1)
+	}
+	for _, e := range ended {
+		m := e.ContextMap()
+		if m["reason"] != "client_closed" || m["error"] != nil {
+			t.Errorf("session %v ended with reason %v, error %v; want client_closed and none", m["session_id"], m["reason"], m["error"])
+		}
+	}
+}

@@ -226,11 +226,18 @@ type packetFramer struct {
 	have   int
 	body   int
 	last   *atomic.Uint32
+	// command: the next byte is a one-byte command's (a packet of length
+	// 1 with sequence id 0); goodbye: that command was a COM_QUIT.
+	command, goodbye bool
 }
 
 func (f *packetFramer) Relayed(p []byte) {
 	for len(p) > 0 {
 		if f.body > 0 {
+			if f.command {
+				f.command = false
+				f.goodbye = f.goodbye || p[0] == gomysql.COM_QUIT
+			}
 			k := min(f.body, len(p))
 			f.body -= k
 			p = p[k:]
@@ -244,11 +251,16 @@ func (f *packetFramer) Relayed(p []byte) {
 		}
 		f.have = 0
 		f.body = int(f.header[0]) | int(f.header[1])<<8 | int(f.header[2])<<16
+		f.command = f.body == 1 && f.header[3] == 0
 		if f.last != nil {
 			f.last.Store(uint32(f.header[3]))
 		}
 	}
 }
+
+// SaidGoodbye reports whether the stream carried a COM_QUIT: on the
+// client's stream, the client ending its session (proxy.GoodbyeFramer).
+func (f *packetFramer) SaidGoodbye() bool { return f.goodbye }
 
 func (f *packetFramer) Pending() int {
 	if f.have > 0 {

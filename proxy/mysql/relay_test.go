@@ -192,6 +192,39 @@ func TestPacketFramer(t *testing.T) {
 	}
 }
 
+// TestPacketFramerGoodbye: a COM_QUIT is a one-byte command packet
+// (sequence id 0) whose byte is 1, however the stream is cut; the same
+// byte elsewhere is not.
+func TestPacketFramerGoodbye(t *testing.T) {
+	quit := pkt(0, gomysql.COM_QUIT)
+	tests := []struct {
+		name   string
+		stream []byte
+		want   bool
+	}{
+		{"COM_QUIT after a query", append(pkt(0, gomysql.COM_QUERY, 's'), quit...), true},
+		{"COM_PING", pkt(0, gomysql.COM_PING), false},
+		{"a query starting with byte 1", pkt(0, gomysql.COM_QUIT, 'x'), false},
+		{"byte 1 later in an exchange", pkt(2, gomysql.COM_QUIT), false},
+		{"byte 1 in a long packet's body", pkt(0, append([]byte{gomysql.COM_QUERY}, bytes.Repeat([]byte{0, 0, 1, 0, 0, 1}, 10)...)...), false},
+	}
+	for _, tt := range tests {
+		for _, split := range []bool{false, true} {
+			f := &packetFramer{}
+			if split {
+				for i := range tt.stream {
+					f.Relayed(tt.stream[i : i+1])
+				}
+			} else {
+				f.Relayed(tt.stream)
+			}
+			if got := f.SaidGoodbye(); got != tt.want {
+				t.Errorf("%s (byte by byte: %v): SaidGoodbye() = %v, want %v", tt.name, split, got, tt.want)
+			}
+		}
+	}
+}
+
 func FuzzParseHandshakeResponse(f *testing.F) {
 	resp := func(caps uint32, rest string) []byte {
 		b := []byte{byte(caps), byte(caps >> 8), byte(caps >> 16), byte(caps >> 24)}

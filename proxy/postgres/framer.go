@@ -11,6 +11,7 @@ type framer struct {
 	have    int // header bytes of the next message seen so far
 	body    int // body bytes of the current message still to come
 	unknown bool
+	goodbye bool // a Terminate has been passed on
 }
 
 // Relayed skips through p header by header; it never looks at a body.
@@ -34,6 +35,7 @@ func (f *framer) Relayed(p []byte) {
 			f.unknown = true
 			return
 		}
+		f.goodbye = f.goodbye || (f.header[0] == 'X' && n == 0)
 		f.body = int(n)
 	}
 }
@@ -50,3 +52,7 @@ func (f *framer) Pending() int {
 	}
 	return f.body
 }
+
+// SaidGoodbye reports whether the stream carried a Terminate: on the
+// client's stream, the client ending its session (proxy.GoodbyeFramer).
+func (f *framer) SaidGoodbye() bool { return f.goodbye }

@@ -345,11 +345,15 @@ func TestFramer(t *testing.T) {
 	two := append(msg('D', "hello"), msg('C', "")...)
 	tests := []struct {
 		name   string
-		chunks [][]byte
-		want   int
+		chunks  [][]byte
+		want    int
+		goodbye bool
 	}{
 		{name: "nothing", want: 0},
 		{name: "whole messages", chunks: [][]byte{two}, want: 0},
+		{name: "terminate", chunks: [][]byte{two, msg('X', "")}, want: 0, goodbye: true},
+		{name: "terminate byte by byte", chunks: splitEach(append(two, msg('X', "")...)), want: 0, goodbye: true},
+		{name: "X inside a body", chunks: [][]byte{msg('Q', "X\x00\x00\x00\x04")}, want: 0},
 		{name: "half a header", chunks: [][]byte{two[:2]}, want: 3},
 		{name: "header only", chunks: [][]byte{two[:5]}, want: 5},
 		{name: "mid body", chunks: [][]byte{two[:7]}, want: 3},
@@ -366,6 +370,9 @@ func TestFramer(t *testing.T) {
 			}
 			if got := f.Pending(); got != tt.want {
 				t.Errorf("Pending() = %d, want %d", got, tt.want)
+			}
+			if got := f.SaidGoodbye(); got != tt.goodbye {
+				t.Errorf("SaidGoodbye() = %v, want %v", got, tt.goodbye)
 			}
 		})
 	}
