@@ -3,7 +3,6 @@ package proxy
 import (
 	"io"
 	"net"
-	"os"
 	"syscall"
 )
 
@@ -64,7 +63,7 @@ func (s *pollSocket) Read(p []byte) (int, error) {
 	case err != nil:
 		return 0, err // deadline, or closed
 	case s.err != nil:
-		return 0, os.NewSyscallError("read", s.err)
+		return 0, s.err // the caller says which call failed
 	case s.n == 0:
 		return 0, io.EOF
 	}

@@ -712,7 +712,7 @@ func (s *rawSink) write(p []byte) error {
 		return err // deadline, or closed
 	}
 	if s.err != nil {
-		return os.NewSyscallError("write", s.err)
+		return s.err // the caller says which call failed
 	}
 	return nil
 }
@@ -794,7 +794,7 @@ func (s *rawSource) next() ([]byte, error) {
 	}
 	switch {
 	case s.err != nil:
-		return nil, os.NewSyscallError("read", s.err)
+		return nil, s.err // the caller says which call failed
 	case s.n == 0:
 		return nil, io.EOF
 	}
