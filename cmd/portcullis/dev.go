@@ -194,7 +194,9 @@ as the password.
 		}
 		fmt.Fprintln(stderr)
 	}
-	return runProxy(ctx, cfg, log, nil, printed, &configSource{path: cfgFile})
+	hup, stop := notifyReload()
+	defer stop()
+	return runProxy(ctx, cfg, log, nil, printed, &configSource{path: cfgFile, hup: hup})
 }
 
 // devApplication finds portcullis's own app registration in the directory

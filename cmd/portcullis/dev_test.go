@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -172,6 +173,23 @@ func TestDevEndToEnd(t *testing.T) {
 	}
 	if got := strings.TrimSpace(string(out)); !strings.HasPrefix(got, devAnalystRole+"@") {
 		t.Errorf("MySQL current_user() = %q, want %s@…", got, devAnalystRole)
+	}
+
+	// SIGHUP re-reads dev's configuration file, as it does serve's
+	// (operating.md), rather than ending dev.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	reloadBy := time.After(30 * time.Second)
+	for !strings.Contains(stdout.String(), `"event":"config.reloaded"`) {
+		select {
+		case err := <-done:
+			stopped = true
+			t.Fatalf("dev ended on SIGHUP: %v", err)
+		case <-reloadBy:
+			t.Fatalf("dev did not reload within 30s of SIGHUP:\n%s", stdout.String())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 
 	cancel()

@@ -60,12 +60,18 @@ func cmdServe(ctx context.Context, args []string, e env, stdout, stderr io.Write
 	if needsCertificate(cfg) && cfg.TLS.CertFile == "" {
 		return &configError{errors.New("a listener requires TLS but tls.cert_file and tls.key_file are not set")}
 	}
-	// SIGHUP re-reads the file (operate.go); without Notify it would end
-	// the process.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	hup, stop := notifyReload()
+	defer stop()
 	return runProxy(ctx, cfg, log, nil, nil, &configSource{path: *path, env: e, sets: sets, hup: hup})
+}
+
+// notifyReload makes SIGHUP a request to re-read the configuration file
+// (operate.go) until stop is called; without it the signal would end the
+// process.
+func notifyReload() (hup chan os.Signal, stop func()) {
+	hup = make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	return hup, func() { signal.Stop(hup) }
 }
 
 // needsCertificate reports whether any listener may offer TLS.
