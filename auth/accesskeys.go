@@ -171,6 +171,9 @@ func (a *Authorizer) accessKeySignIn(ctx context.Context, p *provider, res *reso
 			Err:     errors.New("auth: no access key store"),
 		}
 	}
+	if mistypedCode(key, wellFormedAccessKey) {
+		return Identity{}, "", mistypedCodeRefusal("access key", login)
+	}
 	if !wellFormedAccessKey(key) {
 		bad.Err = errors.New("malformed access key")
 		return Identity{}, "", bad

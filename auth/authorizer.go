@@ -475,6 +475,9 @@ func (a *Authorizer) sessionKeySignIn(ctx context.Context, p *provider, login, k
 		Reason:  ReasonBadCredentials,
 		Message: fmt.Sprintf("the session key presented for %s is not valid (it may have expired); connect with any other password to sign in again", login),
 	}
+	if mistypedCode(key, wellFormedSessionKey) {
+		return Identity{}, "", "", mistypedCodeRefusal("session key", login)
+	}
 	if !wellFormedSessionKey(key) {
 		bad.Err = errors.New("malformed session key")
 		return Identity{}, "", "", bad

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"encoding/hex"
+	"fmt"
 	"regexp"
 	"strings"
 )
@@ -163,6 +164,23 @@ var sessionKeyShape = regexp.MustCompile(`^` + SessionKeyPrefix + `[a-z2-7]{52}$
 // wellFormedSessionKey reports whether key could have been issued by
 // newSessionKey; malformed keys are refused without a store lookup.
 func wellFormedSessionKey(key string) bool { return sessionKeyShape.MatchString(key) }
+
+// mistypedCode reports whether s is a well-formed key followed by a colon
+// and something other than a 6-digit code (ParsePassword splits off a
+// code of 6 digits): a TOTP code mistyped, not a key gone bad.
+func mistypedCode(s string, wellFormed func(string) bool) bool {
+	key, _, ok := strings.Cut(s, ":")
+	return ok && wellFormed(key)
+}
+
+// mistypedCodeRefusal says that the code after a key is not 6 digits.
+func mistypedCodeRefusal(what, login string) *Refusal {
+	return &Refusal{
+		Reason:  ReasonBadCredentials,
+		Message: fmt.Sprintf("the TOTP code after the %s presented for %s is not 6 digits; connect again with <key>:<the 6-digit code from your authenticator app>", what, login),
+		Err:     fmt.Errorf("%s followed by a malformed TOTP code", what),
+	}
+}
 
 // KeyHash is what a secret is stored under, never the secret itself: for
 // a session key its verifier (sessionKeyVerifier), for an access key, an

@@ -315,8 +315,8 @@ func catCases(h *harness, plain, aliceKey, bobKey string) []hostile.Case {
 		{Name: "session key one character long", Run: refused(aliceUPN, aliceKey+"a", "session key")},
 		{Name: "session key in upper case", Run: refused(aliceUPN, auth.SessionKeyPrefix+strings.ToUpper(aliceKey[len(auth.SessionKeyPrefix):]), "session key")},
 		{Name: "alice's session key presented as bob", Run: refused(bobUPN, aliceKey, "session key")},
-		{Name: "TOTP code with a letter", Run: refused(aliceUPN, aliceKey+":12a456", "")},
-		{Name: "TOTP code of 7 digits", Run: refused(aliceUPN, aliceKey+":1234567", "")},
+		{Name: "TOTP code with a letter", Run: refused(aliceUPN, aliceKey+":12a456", "is not 6 digits")},
+		{Name: "TOTP code of 7 digits", Run: refused(aliceUPN, aliceKey+":1234567", "is not 6 digits")},
 
 		// After the login: the session stays who it is.
 		{Name: "COM_CHANGE_USER to bob after login", Run: func(t *testing.T) {

@@ -128,6 +128,14 @@ func badPostgresCases(h *harness, plain, key string) []hostile.Case {
 			c.fatal(codeInvalidPassword, "")
 		}
 	}
+	// A key with a mistyped code is refused for the code, not the key.
+	refusedCode := func(user, password string) func(t *testing.T) {
+		return func(t *testing.T) {
+			c := loggedIn(t, "user", user, "database", "analytics")
+			c.send(badMessage('p', cstr(password)))
+			c.fatal(codeInvalidPassword, "is not 6 digits")
+		}
+	}
 	tokens := badTokens{h: h}
 
 	return []hostile.Case{
@@ -457,9 +465,9 @@ func badPostgresCases(h *harness, plain, key string) []hostile.Case {
 		{Name: "session key outside its alphabet", Run: refusedPassword(alice, auth.SessionKeyPrefix+strings.Repeat("18", (len(key)-len(auth.SessionKeyPrefix))/2))},
 		{Name: "session key that was never issued", Run: refusedPassword(alice, auth.SessionKeyPrefix+strings.Repeat("a", len(key)-len(auth.SessionKeyPrefix)))},
 		{Name: "alice's session key presented as bob", Run: refusedPassword(bob, key)},
-		{Name: "TOTP code with a letter", Run: refusedPassword(alice, key+":12a456")},
-		{Name: "TOTP code of 7 digits", Run: refusedPassword(alice, key+":1234567")},
-		{Name: "TOTP code of 5 digits", Run: refusedPassword(alice, key+":12345")},
+		{Name: "TOTP code with a letter", Run: refusedCode(alice, key+":12a456")},
+		{Name: "TOTP code of 7 digits", Run: refusedCode(alice, key+":1234567")},
+		{Name: "TOTP code of 5 digits", Run: refusedCode(alice, key+":12345")},
 
 		// Cancel requests.
 		{Name: "forged cancel key", Run: func(t *testing.T) {
