@@ -199,8 +199,10 @@ func (c *Conn) Decide(ctx context.Context, req auth.Request) (*auth.Decision, er
 		// verdict on who is connecting.
 		log.Info("authentication abandoned", logging.Event("auth.failed"), zap.String("reason", "canceled"), zap.NamedError("cause", context.Cause(ctx)))
 	case errors.As(err, &refusal) && errors.As(refusal.Err, &failure):
+		// One mfa.totp.locked per lockout, for alerting; the refusals
+		// while it lasts are failures of kind "locked".
 		event := "mfa.totp.failed"
-		if failure.LockedNow || failure.Kind == auth.TOTPLocked {
+		if failure.LockedNow {
 			event = "mfa.totp.locked"
 		}
 		fields := []zap.Field{logging.Event(event), zap.String("reason", string(refusal.Reason)), zap.String("kind", string(failure.Kind))}

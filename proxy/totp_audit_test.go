@@ -92,7 +92,7 @@ func TestTOTPOutcomesAreAudited(t *testing.T) {
 		{password: "wrong", event: "mfa.totp.failed", want: map[string]any{"reason": "bad_credentials", "kind": "wrong_code", "failures": int64(2), "max_failures": int64(5)}},
 		{password: "reused", event: "mfa.totp.failed", want: map[string]any{"reason": "bad_credentials", "kind": "reused_code"}},
 		{password: "locks", event: "mfa.totp.locked", want: map[string]any{"reason": "bad_credentials", "kind": "wrong_code", "failures": int64(5)}},
-		{password: "locked", event: "mfa.totp.locked", want: map[string]any{"reason": "totp_locked", "kind": "locked"}},
+		{password: "locked", event: "mfa.totp.failed", want: map[string]any{"reason": "totp_locked", "kind": "locked"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.password, func(t *testing.T) {
