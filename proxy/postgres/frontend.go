@@ -54,6 +54,9 @@ type frontend struct {
 	// judged by that time. mode is how the decision prompts.
 	passwordAt time.Time
 	mode       auth.PromptMode
+	// reminder is how often the prompt is repeated while the sign-in is
+	// pending.
+	reminder time.Duration
 
 	mu     sync.Mutex // writes may come from a prompt callback
 	authOK bool       // AuthenticationOk has been sent
@@ -346,8 +349,9 @@ func (fe *frontend) decide(ctx context.Context, res config.Resource, st *startup
 	defer timer.Stop()
 
 	var (
-		mu        sync.Mutex
-		stopWatch func()
+		mu                    sync.Mutex
+		stopWatch, stopRemind func()
+		shown                 atomic.Pointer[auth.DeviceCodePrompt]
 	)
 	if req.Mode == auth.PromptNotice {
 		req.Prompt = func(p auth.DeviceCodePrompt) error {
@@ -360,8 +364,10 @@ func (fe *frontend) decide(ctx context.Context, res config.Resource, st *startup
 			if err := fe.showPrompt(p); err != nil {
 				return err
 			}
+			shown.Store(&p)
 			if stopWatch == nil {
 				stopWatch = fe.watchHangup(ctx, cancel)
+				stopRemind = fe.remind(&shown, cancel)
 			}
 			return nil
 		}
@@ -371,6 +377,7 @@ func (fe *frontend) decide(ctx context.Context, res config.Resource, st *startup
 
 	mu.Lock()
 	if stopWatch != nil {
+		stopRemind()
 		stopWatch()
 	}
 	mu.Unlock()
@@ -416,6 +423,49 @@ func (fe *frontend) showPrompt(p auth.DeviceCodePrompt) error {
 	buf = appendNotice(buf, fmt.Sprintf("The code expires at %s (in %s). This connection waits until you have signed in.",
 		clock(p.ExpiresAt), time.Until(p.ExpiresAt).Round(time.Minute)))
 	return fe.write(buf)
+}
+
+// promptReminder is how often a client waiting for a sign-in is reminded
+// of it.
+const promptReminder = time.Minute
+
+// remind repeats where to sign in, every fe.reminder until stop returns:
+// a person who looked away sees the code again and how long is left, and
+// a firewall does not drop the connection as idle during a long wait.
+// shown is the prompt last shown.
+func (fe *frontend) remind(shown *atomic.Pointer[auth.DeviceCodePrompt], cancel context.CancelCauseFunc) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(fe.reminder)
+		defer tick.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-tick.C:
+			}
+			p := shown.Load()
+			left := time.Until(p.ExpiresAt)
+			if left <= 0 {
+				continue // the decision ends with the code
+			}
+			in := "less than a minute"
+			if left >= time.Minute {
+				in = left.Round(time.Minute).String()
+			}
+			msg := fmt.Sprintf("Still waiting for you to sign in: open %s and enter the code %s (it expires at %s, in %s).",
+				p.VerificationURL, p.UserCode, clock(p.ExpiresAt), in)
+			if err := fe.write(appendNotice(nil, msg)); err != nil {
+				cancel(errClientGone)
+				return
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
 }
 
 // watchHangup cancels the wait for a decision if the client goes away:

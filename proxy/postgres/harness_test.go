@@ -92,6 +92,9 @@ type harnessOptions struct {
 	// totp adds the resource "vault" (as analytics, with require_totp)
 	// and keeps state in a real SQLite store in a temporary directory.
 	totp bool
+	// reminder is how often a pending sign-in is repeated (0: the
+	// default).
+	reminder time.Duration
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -191,7 +194,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	h.authz = newAuthorizerWith(t, h.cfg, h.http, zap.New(core), deps)
 	h.srv, err = proxy.New(h.cfg, proxy.Deps{
 		Authorizer: h.authz,
-		Protocols:  []proxy.Protocol{New()},
+		Protocols:  []proxy.Protocol{&Protocol{reminder: opts.reminder}},
 		Logger:     zap.New(core),
 		TLS:        &tls.Config{Certificates: []tls.Certificate{cert}},
 	})

@@ -1,9 +1,11 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/portcullisdb/portcullis/auth"
 	"github.com/portcullisdb/portcullis/config"
@@ -16,6 +18,9 @@ type Protocol struct {
 	// config.ConsoleResource (console.go). Set it before the Server
 	// serves.
 	Console Console
+	// reminder is how often a client waiting for a sign-in is reminded
+	// of it (0: promptReminder).
+	reminder time.Duration
 }
 
 // New returns the PostgreSQL protocol, for proxy.Deps.Protocols.
@@ -28,6 +33,7 @@ func (*Protocol) Name() string { return config.ProtocolPostgres }
 // backend login, the answer to the client, then the splice.
 func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	fe := newFrontend(c)
+	fe.reminder = cmp.Or(p.reminder, promptReminder)
 
 	// 1. Encryption and startup; a cancel request ends here.
 	st, err := fe.readStartup()

@@ -48,6 +48,50 @@ func TestPsqlSignInWithNotices(t *testing.T) {
 	}
 }
 
+// While the sign-in is pending, psql is reminded where to sign in and how
+// long the code has left; the reminders stop once it is signed in.
+func TestPsqlRemindedWhileWaiting(t *testing.T) {
+	h := newHarness(t, harnessOptions{reminder: 50 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	run := h.psql(ctx, alice, "analytics", map[string]string{"PGPASSWORD": "sign me in"}, "select current_user")
+	var code string
+	reminders := 0
+	run.start(t, func(line string) {
+		if m := codeRE.FindStringSubmatch(line); m != nil && code == "" {
+			code = m[1]
+		}
+		if strings.Contains(line, "Still waiting for you to sign in") {
+			reminders++
+			if !strings.Contains(line, code) || !strings.Contains(line, sim.URL()+"/devicelogin") || !strings.Contains(line, "expires at") {
+				t.Errorf("the reminder %q does not repeat the URL, the code %s and the expiry", line, code)
+			}
+			// The person comes back after the second reminder.
+			if reminders == 2 {
+				if err := sim.Approve(code, alice); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	})
+	if err := run.wait(); err != nil {
+		t.Fatalf("psql: %v\nstderr:\n%s", err, run.stderr)
+	}
+	if got := strings.TrimSpace(run.stdout.String()); got != roleAnalyst.Name {
+		t.Errorf("current_user = %q, want %q", got, roleAnalyst.Name)
+	}
+	if reminders < 2 {
+		t.Errorf("psql showed %d reminders, want at least 2:\n%s", reminders, run.stderr)
+	}
+	// Nothing after the session key: the reminders stopped with the
+	// decision.
+	stderr := run.stderr.String()
+	if i := strings.Index(stderr, "session key as your password"); i < 0 || strings.Contains(stderr[i:], "Still waiting") {
+		t.Errorf("a reminder after the sign-in, or no session key:\n%s", stderr)
+	}
+}
+
 // A JDBC-style client gets the prompt as a FATAL error, and its
 // reconnect after the sign-in gets in.
 func TestPsqlErrorModeThenReconnect(t *testing.T) {

@@ -344,7 +344,7 @@ func TestFramer(t *testing.T) {
 	}
 	two := append(msg('D', "hello"), msg('C', "")...)
 	tests := []struct {
-		name   string
+		name    string
 		chunks  [][]byte
 		want    int
 		goodbye bool
