@@ -346,9 +346,11 @@ type devConfigValues struct {
 
 // devConfigTemplate is a real configuration file: what dev runs is what
 // serve would run with the same file.
-var devConfigTemplate = template.Must(template.New("dev").Parse(`# Written by 'portcullis dev'. A real configuration: try
+var devConfigTemplate = template.Must(template.New("dev").Parse(`# Written by 'portcullis dev'. A real configuration: dev runs what
 #   portcullis serve --config {{.StateDir}}/portcullis.yaml
-# while the simulator runs.
+# would, against the simulator dev starts. To run serve beside dev, give
+# it listeners of its own:
+#   --set listeners.0.address=127.0.0.1:0 --set listeners.1.address=127.0.0.1:0
 providers:
   - name: demo
     tenant_id: {{.TenantID}}
