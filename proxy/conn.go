@@ -103,6 +103,29 @@ func (c *Conn) Resource(name string) (config.Resource, bool) {
 	return config.Resource{}, false
 }
 
+// ResourceElsewhere reports the protocol of a resource of that name
+// served by another protocol, for an error that sends the client to the
+// right listener.
+func (c *Conn) ResourceElsewhere(name string) (protocol string, ok bool) {
+	for _, r := range c.srv.current.Load().Resources {
+		if r.Name == name && r.Protocol != c.protocol {
+			return r.Protocol, true
+		}
+	}
+	return "", false
+}
+
+// ProtocolName is how an error names a protocol to a person.
+func ProtocolName(protocol string) string {
+	switch protocol {
+	case config.ProtocolPostgres:
+		return "PostgreSQL"
+	case config.ProtocolMySQL:
+		return "MySQL"
+	}
+	return protocol
+}
+
 // Step bounds the next step of the handshake: reads and writes on the
 // client connection must finish within Proxy.HandshakeTimeout from now. It
 // fails, with the context's cause, once the connection has been ended.

@@ -175,6 +175,19 @@ func TestDevEndToEnd(t *testing.T) {
 		t.Errorf("MySQL current_user() = %q, want %s@…", got, devAnalystRole)
 	}
 
+	// Asking psql for the MySQL resource says where it is served.
+	wrong := runPsql(t, psql, conninfo+" dbname="+devMySQLResource, key, func(string) {})
+	if wrong.err == nil || !strings.Contains(wrong.stderr, "is a MySQL resource: connect to it through portcullis's MySQL listener") {
+		t.Errorf("psql to the MySQL resource: %v\n%s", wrong.err, wrong.stderr)
+	}
+
+	// And the mariadb command line, for the PostgreSQL resource.
+	wrongDB := exec.Command(mariadb, "--ssl", "-h", mm[1], "-P", mm[2], "-u", "alice@contoso.example", "--password="+key,
+		"-N", "-B", "-e", "select 1", "demo")
+	if out, err := wrongDB.CombinedOutput(); err == nil || !strings.Contains(string(out), "ERROR 1049") || !strings.Contains(string(out), "is a PostgreSQL resource") {
+		t.Errorf("mariadb to the PostgreSQL resource: %v\n%s", err, out)
+	}
+
 	// SIGHUP re-reads dev's configuration file, as it does serve's
 	// (operating.md), rather than ending dev.
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {

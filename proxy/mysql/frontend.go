@@ -179,6 +179,9 @@ func (fe *frontend) resource() (config.Resource, error) {
 		}
 	}
 	msg := fmt.Sprintf("Unknown database '%s': portcullis has no resource by that name", name)
+	if other, ok := fe.c.ResourceElsewhere(name); ok {
+		msg = fmt.Sprintf("Unknown database '%s': it is a %s resource; connect to it through portcullis's %[2]s listener", name, proxy.ProtocolName(other))
+	}
 	if name == "" {
 		msg = "No database selected: name the resource to connect to as the database"
 	}

@@ -268,11 +268,11 @@ func (fe *frontend) resource(st *startup) (config.Resource, error) {
 			return res, nil
 		}
 	}
-	return config.Resource{}, &fatal{
-		code:    codeInvalidCatalog,
-		message: fmt.Sprintf("database %q does not exist: portcullis has no resource by that name", name),
-		reason:  "unknown_resource",
+	message := fmt.Sprintf("database %q does not exist: portcullis has no resource by that name", name)
+	if other, ok := fe.c.ResourceElsewhere(name); ok {
+		message = fmt.Sprintf("database %q is a %s resource: connect to it through portcullis's %[2]s listener", name, proxy.ProtocolName(other))
 	}
+	return config.Resource{}, &fatal{code: codeInvalidCatalog, message: message, reason: "unknown_resource"}
 }
 
 // password asks for the password in the clear (the connection is
