@@ -193,7 +193,8 @@ func killTarget(sql []byte) (id uint32, connection, ok bool) {
 	if err != nil {
 		return 0, false, false
 	}
-	return uint32(n), len(m[1]) > 0 && (m[1][0] == 'C' || m[1][0] == 'c'), true
+	// Without QUERY, KILL ends the connection (CONNECTION is the default).
+	return uint32(n), len(m[1]) == 0 || m[1][0] == 'C' || m[1][0] == 'c', true
 }
 
 // intercept carries out a KILL of id if id is a portcullis connection id,

@@ -171,6 +171,32 @@ func TestCommandFilterAnswerMidMessage(t *testing.T) {
 	}
 }
 
+// TestKillTarget: KILL without QUERY ends the connection, as in MySQL and
+// MariaDB.
+func TestKillTarget(t *testing.T) {
+	tests := []struct {
+		sql        string
+		id         uint32
+		connection bool
+		ok         bool
+	}{
+		{"KILL 5", 5, true, true},
+		{"kill 5;", 5, true, true},
+		{"KILL CONNECTION 5", 5, true, true},
+		{"KILL HARD 5", 5, true, true},
+		{"KILL QUERY 5", 5, false, true},
+		{"kill soft query 5", 5, false, true},
+		{"KILL USER bob", 0, false, false},
+		{"KILL QUERY ID 5", 0, false, false},
+	}
+	for _, tt := range tests {
+		id, connection, ok := killTarget([]byte(tt.sql))
+		if id != tt.id || connection != tt.connection || ok != tt.ok {
+			t.Errorf("killTarget(%q) = %d, %v, %v; want %d, %v, %v", tt.sql, id, connection, ok, tt.id, tt.connection, tt.ok)
+		}
+	}
+}
+
 func TestPacketFramer(t *testing.T) {
 	stream := bytes.Join([][]byte{pkt(1, 1, 2, 3), pkt(2), pkt(7, make([]byte, 70000)...)}, nil)
 	f := &packetFramer{}
