@@ -220,3 +220,51 @@ func TestCLIQuitIsAClientClose(t *testing.T) {
 		}
 	}
 }
+
+// A dialog sign-in whose backend login then fails shows the new session
+// key before the ERR: once the backend is back, the key gets the person in
+// without signing in again.
+func TestCLISessionKeyShownWhenTheBackendFails(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+
+	var stdout, stderr bytes.Buffer
+	cmd := h.cliTo(ctx, aliceUPN, "anything", "gone", "SELECT 1")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h.approveNext(ctx, aliceUPN)
+	if _, err := stdin.Write([]byte("\n\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil {
+		t.Fatal("connected to a backend that is down")
+	}
+	if !strings.Contains(stderr.String(), "ERROR 1429") {
+		t.Errorf("stderr %q, want ERROR 1429", stderr.String())
+	}
+	m := cliKey.FindStringSubmatch(stdout.String())
+	if m == nil {
+		t.Fatalf("no session key shown before the error: %q", stdout.String())
+	}
+	issued := len(h.events("auth.device_code.issued"))
+	stdout.Reset()
+	stderr.Reset()
+	again := h.cli(ctx, aliceUPN, m[1], "SELECT CURRENT_USER()")
+	again.Stdout, again.Stderr = &stdout, &stderr
+	if err := again.Run(); err != nil {
+		t.Fatalf("with the key shown: %v: %s", err, stderr.String())
+	}
+	if got := strings.TrimSpace(stdout.String()); got != userNative.Name+"@%" {
+		t.Errorf("CURRENT_USER() = %q", got)
+	}
+	if n := len(h.events("auth.device_code.issued")); n != issued {
+		t.Error("the key shown led to a new device code")
+	}
+}

@@ -424,30 +424,50 @@ func (fe *frontend) ready(dec *auth.Decision, status uint16) error {
 	}
 	info := ""
 	if dec.SessionKey != "" {
-		text := fmt.Sprintf("Signed in as %s. Until %s you can connect without signing in again by giving this session key as your password:\n  %s\n",
-			dec.Identity.Name(), dec.SessionKeyExpires.UTC().Format("2006-01-02 15:04 UTC"), dec.SessionKey)
 		if fe.dialog != nil {
-			if err := fe.pc.writePacket(dialogQuestion(text+"Press Enter to continue: ", true)); err != nil {
-				return err
-			}
-			// A person may take a while to copy the key down.
-			if err := fe.c.Await(); err != nil {
-				return err
-			}
-			t := time.AfterFunc(keyPromptWait, func() { fe.pc.conn.SetReadDeadline(time.Unix(1, 0)) })
-			_, err := fe.pc.readPacket()
-			t.Stop()
-			if err != nil {
-				return err
-			}
-			if err := fe.c.Step(); err != nil {
+			if err := fe.showSessionKey(dec); err != nil {
 				return err
 			}
 		} else {
-			info = strings.TrimSpace(text)
+			info = strings.TrimSpace(sessionKeyText(dec))
 		}
 	}
 	return fe.pc.writePacket(okPacket(fe.caps, status, info))
+}
+
+func sessionKeyText(dec *auth.Decision) string {
+	return fmt.Sprintf("Signed in as %s. Until %s you can connect without signing in again by giving this session key as your password:\n  %s\n",
+		dec.Identity.Name(), dec.SessionKeyExpires.UTC().Format("2006-01-02 15:04 UTC"), dec.SessionKey)
+}
+
+// showSessionKey shows a new session key in a dialog question and waits
+// for the person to press Enter.
+func (fe *frontend) showSessionKey(dec *auth.Decision) error {
+	if err := fe.pc.writePacket(dialogQuestion(sessionKeyText(dec)+"Press Enter to continue: ", true)); err != nil {
+		return err
+	}
+	// A person may take a while to copy the key down.
+	if err := fe.c.Await(); err != nil {
+		return err
+	}
+	t := time.AfterFunc(keyPromptWait, func() { fe.pc.conn.SetReadDeadline(time.Unix(1, 0)) })
+	_, err := fe.pc.readPacket()
+	t.Stop()
+	if err != nil {
+		return err
+	}
+	return fe.c.Step()
+}
+
+// keepSessionKey shows, in a dialog, the session key a sign-in just
+// issued to a client whose login then fails at the backend (refused or
+// unreachable), ahead of the error: the person comes back with it once
+// the backend is fixed, without signing in again. Errors are left to the
+// error's own write.
+func (fe *frontend) keepSessionKey(dec *auth.Decision) {
+	if dec.SessionKey != "" && fe.dialog != nil && fe.c.Step() == nil {
+		fe.showSessionKey(dec)
+	}
 }
 
 // fail tells the client why it is turned away, if anyone is left to

@@ -111,6 +111,7 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	be, err := connectBackend(ctx, res, dec.Backend, backendLogin{caps: fe.caps, collation: fe.hs.collation, attrs: fe.hs.attrs, sessionID: c.ID()})
 	if err != nil {
 		c.BackendFailed(err)
+		fe.keepSessionKey(dec)
 		return fe.fail(ctx, err)
 	}
 	defer be.conn.Close()

@@ -491,6 +491,20 @@ func (fe *frontend) watchHangup(ctx context.Context, cancel context.CancelCauseF
 	}
 }
 
+// keepSessionKey shows the session key a sign-in just issued to a client
+// whose login then fails at the backend (refused or unreachable), ahead
+// of the error: the person comes back with it once the backend is
+// fixed, without signing in again. Only where notices are shown; write
+// errors are left to the error's own write.
+func (fe *frontend) keepSessionKey(dec *auth.Decision) {
+	if dec.SessionKey == "" || fe.mode != auth.PromptNotice || fe.c.Step() != nil {
+		return
+	}
+	buf := fe.appendAuthOK(nil)
+	buf = appendNotice(buf, sessionKeyNotice(dec.Identity, dec.SessionKey, dec.SessionKeyExpires))
+	fe.write(buf)
+}
+
 // ready tells the client it is logged in: everything from
 // AuthenticationOk to ReadyForQuery in one write.
 func (fe *frontend) ready(dec *auth.Decision, be *backend, key proxy.CancelKey) error {

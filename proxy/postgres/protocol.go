@@ -73,6 +73,7 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	be, err := connectBackend(ctx, res, dec.Backend, st.params)
 	if err != nil {
 		c.BackendFailed(err)
+		fe.keepSessionKey(dec)
 		return fe.fail(ctx, err)
 	}
 	defer be.conn.Close()

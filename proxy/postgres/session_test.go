@@ -214,6 +214,39 @@ func TestRefusals(t *testing.T) {
 	}
 }
 
+// A sign-in whose backend login then fails still shows its new session
+// key, before the error: once the backend is back, the key gets the
+// person in without signing in again.
+func TestSessionKeyShownWhenTheBackendFails(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, a, err := h.connectSigningIn(ctx, alice, "gone", alice)
+	if err == nil {
+		c.Close(ctx)
+		t.Fatal("connected to a backend that is down")
+	}
+	if got := pgCode(err); got != "08006" {
+		t.Errorf("SQLSTATE %q (%v), want 08006", got, err)
+	}
+	key := a.sessionKey()
+	if key == "" {
+		t.Fatalf("no session key shown before the error; notices %q", a.all())
+	}
+	issued := len(h.events("auth.device_code.issued"))
+	again, err := pgconn.ConnectConfig(ctx, h.config(alice, key, "analytics"))
+	if err != nil {
+		t.Fatalf("with the key shown: %v", err)
+	}
+	defer again.Close(ctx)
+	if got := currentUser(ctx, t, again); got != roleAnalyst.Name {
+		t.Errorf("current_user = %q, want %q", got, roleAnalyst.Name)
+	}
+	if n := len(h.events("auth.device_code.issued")); n != issued {
+		t.Error("the key shown led to a new device code")
+	}
+}
+
 // A client that gives up while waiting for the sign-in ends the wait.
 func TestHangupDuringSignInEndsTheWait(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
