@@ -60,7 +60,9 @@
 // code still to give and for a TOTP lockout, 3D000 for an unknown
 // resource, 08004 when a
 // dependency such as Microsoft Graph is down, 08006 when the backend
-// cannot be reached or its connection breaks mid-session (naming the
-// resource, never its address), and 57P01 when portcullis is shutting
-// down or an operator ends the session.
+// cannot be reached or its connection breaks mid-session with an error
+// (naming the resource, never its address), and 57P01 when portcullis is
+// shutting down or an operator ends the session. A backend that closes
+// its connection without a word (its process killed) is passed on as a
+// close, as a client connected to it directly would see it.
 package postgres
