@@ -13,15 +13,22 @@ import (
 	"github.com/portcullisdb/portcullis/proxy"
 )
 
-// A session whose backend connection broke is ended with an ERR that
-// names the resource (never the backend's address), numbered to follow
-// the exchange in flight, not with the shutdown message.
+// A session whose backend connection broke while a command awaited its
+// answer is ended with an ERR that names the resource (never the
+// backend's address), numbered to follow the exchange in flight, not with
+// the shutdown message.
 func TestGoodbyeWhenTheBackendIsLost(t *testing.T) {
 	cause := &proxy.BackendLostError{Resource: "app", Session: "0123abcd", Err: syscall.ECONNRESET}
-	var last atomic.Uint32
+	var (
+		last     atomic.Uint32
+		awaiting atomic.Bool
+	)
+	// The client's command (sequence id 0) went out; no answer yet.
+	toBackend := &packetFramer{last: &last, awaiting: &awaiting, client: true}
+	toBackend.Relayed(pkt(0, gomysql.COM_QUERY, 's'))
 	last.Store(3)
 	var out bytes.Buffer
-	if err := goodbye(&last)(&out, cause); err != nil {
+	if err := goodbye(&last, &awaiting)(&out, cause); err != nil {
 		t.Fatal(err)
 	}
 	p := out.Bytes()
@@ -38,5 +45,28 @@ func TestGoodbyeWhenTheBackendIsLost(t *testing.T) {
 	}
 	if !errors.Is(ended(cause), proxy.ErrBackendLost) {
 		t.Error("the refusal does not carry its cause for the log")
+	}
+}
+
+// Lost between commands, the session gets no ERR: the client's next
+// command would take it for its answer and be lost, where a close lets
+// the mariadb command line connect again and run it. A shutdown still
+// says why.
+func TestNoGoodbyeWhenTheBackendIsLostBetweenCommands(t *testing.T) {
+	var (
+		last     atomic.Uint32
+		awaiting atomic.Bool
+	)
+	toBackend := &packetFramer{last: &last, awaiting: &awaiting, client: true}
+	toClient := &packetFramer{last: &last, awaiting: &awaiting}
+	toBackend.Relayed(pkt(0, gomysql.COM_QUERY, 's'))
+	toClient.Relayed(pkt(1, 0, 0, 0, 2, 0, 0, 0)) // its OK
+	lost := &proxy.BackendLostError{Resource: "app", Session: "0123abcd", Err: syscall.ECONNRESET}
+	var out bytes.Buffer
+	if err := goodbye(&last, &awaiting)(&out, lost); err != nil || out.Len() != 0 {
+		t.Errorf("goodbye between commands wrote % x (%v), want nothing", out.Bytes(), err)
+	}
+	if err := goodbye(&last, &awaiting)(&out, proxy.ErrShuttingDown); err != nil || out.Len() == 0 {
+		t.Errorf("a shutdown between commands wrote nothing (%v), want its ERR", err)
 	}
 }

@@ -129,15 +129,18 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	p.sessions.activate(id, dec.Identity.ObjectID, be.kill)
 
 	// 6. Relay until either side is done.
-	var last atomic.Uint32
+	var (
+		last     atomic.Uint32
+		awaiting atomic.Bool
+	)
 	return c.Splice(proxy.Relay{
 		Client:        fe.pc.conn,
 		Backend:       be.conn,
 		ClientPending: fe.pc.pending(),
-		ToBackend:     &packetFramer{last: &last},
-		ToClient:      &packetFramer{last: &last},
+		ToBackend:     &packetFramer{last: &last, awaiting: &awaiting, client: true},
+		ToClient:      &packetFramer{last: &last, awaiting: &awaiting},
 		FromClient:    &commandFilter{kills: p.sessions.killerFor(dec.Identity.ObjectID)},
-		Goodbye:       goodbye(&last),
+		Goodbye:       goodbye(&last, &awaiting),
 		Terminate:     terminate,
 	})
 }

@@ -227,6 +227,11 @@ type packetFramer struct {
 	have   int
 	body   int
 	last   *atomic.Uint32
+	// awaiting, when set, is shared by both directions: whether the
+	// newest packet came from the client, so that a command waits for
+	// its answer. client says this framer follows the client's stream.
+	awaiting *atomic.Bool
+	client   bool
 	// command: the next byte is a one-byte command's (a packet of length
 	// 1 with sequence id 0); goodbye: that command was a COM_QUIT.
 	command, goodbye bool
@@ -256,6 +261,9 @@ func (f *packetFramer) Relayed(p []byte) {
 		if f.last != nil {
 			f.last.Store(uint32(f.header[3]))
 		}
+		if f.awaiting != nil {
+			f.awaiting.Store(f.client)
+		}
 	}
 }
 
@@ -272,9 +280,16 @@ func (f *packetFramer) Pending() int {
 
 // goodbye is the splice's Relay.Goodbye: the ERR that ends a session
 // portcullis is closing, numbered to follow the last packet of the
-// exchange in flight.
-func goodbye(last *atomic.Uint32) func(io.Writer, error) error {
+// exchange in flight. A session whose backend connection broke while no
+// command awaited an answer gets no ERR, only the close: the client would
+// take an ERR for the answer to its next command, which would be lost,
+// whereas a close is a server gone away, after which the mariadb command
+// line connects again and runs that command.
+func goodbye(last *atomic.Uint32, awaiting *atomic.Bool) func(io.Writer, error) error {
 	return func(w io.Writer, cause error) error {
+		if errors.Is(cause, proxy.ErrBackendLost) && !awaiting.Load() {
+			return nil
+		}
 		seq := uint8(last.Load() + 1)
 		_, err := w.Write(appendPacket(nil, seq, ended(cause).packet()))
 		return err
