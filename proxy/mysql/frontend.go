@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
@@ -63,6 +64,10 @@ type frontend struct {
 // and its answer comes (or not) on answered.
 type dialogState struct {
 	answered chan error
+	// watched closes when the reader, and the watch for a hang-up after
+	// an early answer, have ended; stopping marks that ending as ours.
+	watched  chan struct{}
+	stopping atomic.Bool
 }
 
 func newFrontend(p *Protocol, c *proxy.Conn, connID uint32) *frontend {
@@ -381,13 +386,24 @@ const promptGrace = 30 * time.Second
 // background; a read that fails while the decision is still being made
 // means the client hung up, and ends the wait.
 func (fe *frontend) awaitAnswer(ctx context.Context, cancel context.CancelCauseFunc) *dialogState {
-	d := &dialogState{answered: make(chan error, 1)}
+	d := &dialogState{answered: make(chan error, 1), watched: make(chan struct{})}
 	go func() {
+		defer close(d.watched)
 		_, err := fe.pc.readPacket()
-		if err != nil && ctx.Err() == nil {
+		if err != nil && !d.stopping.Load() && ctx.Err() == nil {
 			cancel(errClientGone)
 		}
 		d.answered <- err
+		if err != nil {
+			return
+		}
+		// Answered before the sign-in is done: the client now waits and
+		// sends nothing, so a read that ends means it hung up, and the
+		// sign-in would be for nobody. What it reads stays in the buffer.
+		_, err = fe.pc.br.Peek(1)
+		if err != nil && !d.stopping.Load() && ctx.Err() == nil {
+			cancel(errClientGone)
+		}
 	}()
 	return d
 }
@@ -399,15 +415,15 @@ func (fe *frontend) waitAnswer(ctx context.Context, d *dialogState, wait time.Du
 	select {
 	case err = <-d.answered:
 	case <-t.C:
-		// Wake the reader and wait for it, so that nobody reads the
-		// connection behind our back.
-		fe.pc.conn.SetReadDeadline(time.Unix(1, 0))
-		<-d.answered
 		err = &clientIOError{fmt.Errorf("no answer to the sign-in prompt within %s", wait.Round(time.Second))}
 	case <-ctx.Done():
-		<-d.answered
-		return context.Cause(ctx)
+		err = context.Cause(ctx)
 	}
+	// Wake the reader, or the watch after it, and wait for it, so that
+	// nobody reads the connection behind our back.
+	d.stopping.Store(true)
+	fe.pc.conn.SetReadDeadline(time.Unix(1, 0))
+	<-d.watched
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package mysql
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -212,6 +213,49 @@ func (h *harness) signIn(user, approveAs string) (string, error) {
 
 // Retry mode with a hand-made client: the code in an ERR, the reconnect
 // completes with a session key in the OK's info, and the key works.
+// A client that answers the dialog's question before the sign-in is done
+// and then hangs up ends the wait: the sign-in would be for nobody.
+// (Answer and close are sent together, so portcullis always reads the
+// answer before it sees the end of the stream.)
+func TestDialogAnsweredThenHungUp(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	r := dialRaw(t, h.addr)
+	r.startTLS(h.tlsCfg)
+	lenenc := func(b []byte, s string) []byte { return append(append(b, byte(len(s))), s...) }
+	resp := binary.LittleEndian.AppendUint32(nil, rawCaps|gomysql.CLIENT_SSL|gomysql.CLIENT_CONNECT_ATTRS)
+	resp = append(resp, make([]byte, 28)...)
+	resp[8] = 45
+	resp = append(append(resp, aliceUPN...), 0)
+	resp = append(resp, 32)
+	resp = append(resp, make([]byte, 32)...)
+	resp = append(append(resp, "app"...), 0)
+	resp = append(append(resp, pluginCachingSHA2...), 0)
+	var attrs []byte
+	for _, kv := range [][2]string{{"_client_name", "libmariadb"}, {"program_name", "mariadb"}} {
+		attrs = lenenc(lenenc(attrs, kv[0]), kv[1])
+	}
+	resp = append(append(resp, byte(len(attrs))), attrs...)
+	r.write(resp)
+	for {
+		p, err := r.read()
+		if err != nil {
+			t.Fatalf("login: %v", err)
+		}
+		if len(p) == 2 && p[0] == authMoreDataHeader && p[1] == sha2PerformFullAuth {
+			r.write([]byte("sign me in\x00"))
+			continue
+		}
+		if !bytes.HasPrefix(p, append([]byte{gomysql.EOF_HEADER}, pluginDialog+"\x00"...)) {
+			t.Fatalf("got % x, want the dialog's question", p)
+		}
+		break
+	}
+	// Enter, pressed at once; then the client is gone.
+	r.write([]byte{0})
+	r.conn.Close()
+	h.waitEvent("auth.failed", func(m map[string]any) bool { return m["reason"] == "canceled" })
+}
+
 func TestRetryModeRawClient(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	key, err := h.signIn(aliceUPN, aliceUPN)
