@@ -294,6 +294,21 @@ func (c *fuzzConn) exchange(data []byte) []byte {
 	return got
 }
 
+// ask writes data without ending the stream and reads everything up to
+// the server's close: for a client that has sent a whole message and
+// waits for the answer (the end of its stream would say it hung up).
+func (c *fuzzConn) ask(data []byte) []byte {
+	c.t.Helper()
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		c.conn.Write(data)
+	}()
+	got := hostile.ReadToClose(c.t, c.conn, fuzzWait)
+	<-wrote
+	return got
+}
+
 // checkClosed verifies the server forgot the connection once it closed
 // it, and takes what reached the authorizer, if anything.
 func (fs *fuzzServer) checkClosed(t *testing.T) (password string, decided bool) {
@@ -480,7 +495,9 @@ func FuzzFullAuthReply(f *testing.F) {
 // mode) with arbitrary bytes. The password was decided on before the
 // question; the answer only says "Enter". The model: framing as in
 // FuzzAuthSwitchReply; a whole packet, whatever it holds, lets the
-// decision's verdict through (declined: 1045).
+// decision's verdict through (declined: 1045). A client that sent a whole
+// packet waits for the answer without ending its stream (one that ends it
+// has hung up: TestDialogAnsweredThenHungUp).
 func FuzzDialogReply(f *testing.F) {
 	for _, seed := range replySeeds() {
 		f.Add(seed)
@@ -496,13 +513,19 @@ func FuzzDialogReply(f *testing.F) {
 		if seq != 3 || !bytes.HasPrefix(req, authSwitch(pluginDialog, nil)) || !bytes.Contains(req, []byte("enter the code "+fuzzUserCode)) {
 			t.Fatalf("want the switch to the dialog with the sign-in question, got %d %q", seq, req)
 		}
-		got := parseAnswer(t, c.exchange(data))
+		code, _, whole := replyModel(data, 4)
+		var raw []byte
+		if whole {
+			raw = c.ask(data)
+		} else {
+			raw = c.exchange(data)
+		}
+		got := parseAnswer(t, raw)
 		password, decided := fs.checkClosed(t)
 		if !decided || password != fuzzPassword {
 			t.Fatalf("the authorizer got %q (asked: %v), want the handshake's password", password, decided)
 		}
 
-		code, _, whole := replyModel(data, 4)
 		if whole {
 			code = gomysql.ER_ACCESS_DENIED_ERROR
 		}
