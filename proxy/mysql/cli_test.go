@@ -48,6 +48,28 @@ func (h *harness) cliTo(ctx context.Context, user, password, resource, sql strin
 	return cmd
 }
 
+// cliSigningIn runs the command line on resource with a password that
+// starts a sign-in, as alice: it approves the code and presses Enter
+// after signing in and again after the session key, as a person would.
+// It returns the code the simulator issued and how the command ended.
+func (h *harness) cliSigningIn(ctx context.Context, resource, sql string, stdout, stderr *bytes.Buffer) (code string, err error) {
+	h.t.Helper()
+	cmd := h.cliTo(ctx, aliceUPN, "anything", resource, sql)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	code = h.approveNext(ctx, aliceUPN)
+	if _, err := stdin.Write([]byte("\n\n")); err != nil {
+		h.t.Fatal(err)
+	}
+	return code, cmd.Wait()
+}
+
 var cliCode = regexp.MustCompile(`enter the code (\S+),`)
 
 // Retry mode in the mariadb command line: the ERR carries the URL and
@@ -106,21 +128,8 @@ func TestCLIDialogAndSessionKey(t *testing.T) {
 	defer cancel()
 
 	var stdout, stderr bytes.Buffer
-	cmd := h.cli(ctx, aliceUPN, "anything", "SELECT CURRENT_USER()")
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	stdin, err := cmd.StdinPipe()
+	code, err := h.cliSigningIn(ctx, "app", "SELECT CURRENT_USER()", &stdout, &stderr)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	code := h.approveNext(ctx, aliceUPN)
-	// Enter after signing in, Enter after reading the key.
-	if _, err := stdin.Write([]byte("\n\n")); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Wait(); err != nil {
 		t.Fatalf("mariadb: %v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
 	}
 	out := stdout.String()
@@ -184,20 +193,9 @@ func TestCLIQuitIsAClientClose(t *testing.T) {
 
 	// Signed in once (dialog), then the address grace lets the same
 	// person in again without a prompt.
-	first := h.cli(ctx, aliceUPN, "anything", "SELECT 1")
-	stdin, err := first.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Start(); err != nil {
-		t.Fatal(err)
-	}
-	h.approveNext(ctx, aliceUPN)
-	if _, err := stdin.Write([]byte("\n\n")); err != nil {
-		t.Fatal(err)
-	}
-	if err := first.Wait(); err != nil {
-		t.Fatalf("mariadb, signing in: %v", err)
+	var stdout, stderr bytes.Buffer
+	if _, err := h.cliSigningIn(ctx, "app", "SELECT 1", &stdout, &stderr); err != nil {
+		t.Fatalf("mariadb, signing in: %v: %s", err, stderr.String())
 	}
 	const runs = 12
 	for range runs {
@@ -230,20 +228,7 @@ func TestCLISessionKeyShownWhenTheBackendFails(t *testing.T) {
 	defer cancel()
 
 	var stdout, stderr bytes.Buffer
-	cmd := h.cliTo(ctx, aliceUPN, "anything", "gone", "SELECT 1")
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	h.approveNext(ctx, aliceUPN)
-	if _, err := stdin.Write([]byte("\n\n")); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Wait(); err == nil {
+	if _, err := h.cliSigningIn(ctx, "gone", "SELECT 1", &stdout, &stderr); err == nil {
 		t.Fatal("connected to a backend that is down")
 	}
 	if !strings.Contains(stderr.String(), "ERROR 1429") {
