@@ -149,7 +149,7 @@ func signInRequired(p auth.DeviceCodePrompt) *fatal {
 		code: codeInvalidAuthorization,
 		message: fmt.Sprintf("sign-in required: open %s and enter the code %s, then connect again (the code expires at %s)",
 			p.VerificationURL, p.UserCode, clock(p.ExpiresAt)),
-		hint: "This client does not show notices, so portcullis finishes the sign-in in the background; your next connection picks it up.",
+		hint: "portcullis finishes the sign-in in the background while you sign in; your next connection picks it up.",
 	}
 }
 
