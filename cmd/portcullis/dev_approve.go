@@ -106,7 +106,14 @@ func cmdDevApprove(ctx context.Context, args []string, stdout, stderr io.Writer)
 	defer resp.Body.Close()
 	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("simulator refused: %s", strings.TrimSpace(string(answer)))
+		// The simulator's refusals are JSON with a message for people.
+		var refusal struct {
+			Message string `json:"message"`
+		}
+		if json.Unmarshal(answer, &refusal) == nil && refusal.Message != "" {
+			return fmt.Errorf("the simulator refused: %s", refusal.Message)
+		}
+		return fmt.Errorf("the simulator refused: %s", strings.TrimSpace(string(answer)))
 	}
 	if *decline {
 		fmt.Fprintf(stdout, "declined %s\n", code)

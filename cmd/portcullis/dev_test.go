@@ -140,6 +140,13 @@ func TestDevEndToEnd(t *testing.T) {
 	secrets.add("session key", key)
 	secrets.clientSaw("psql's output signing in", first.stdout+first.stderr, key)
 
+	// A code the simulator never issued is refused in words.
+	var approveOut, approveErr bytes.Buffer
+	if code := run([]string{"dev", "approve", "ABCDEFGHJ", "--as", "alice@contoso.example", "--state-dir", stateDir}, nil, &approveOut, &approveErr); code == exitOK ||
+		!strings.Contains(approveErr.String(), "the simulator refused: ") || strings.Contains(approveErr.String(), `{"error"`) {
+		t.Errorf("dev approve of an unknown code exited %d: %s", code, approveErr.String())
+	}
+
 	// Reconnect with the session key: no sign-in this time.
 	second := runPsql(t, psql, conninfo, key, func(line string) {
 		if userCodeRE.MatchString(line) {
