@@ -350,16 +350,28 @@ func (l *eventLoop) attach(s *loopSession) {
 	// on, s is the loop's: what is registered is taken from copies.
 	s.want = [2]uint32{s.interest(0), s.interest(1)}
 	fds, want := s.fd, s.want
+	if !l.register(s, fds, want) {
+		l.detach(s) // giveBack removes whatever was registered
+	}
+}
+
+// register adds both sockets of s to the loop's epoll instance and makes
+// s findable by them, under the lock the loop takes to find the sessions
+// of its events. Otherwise the loop could serve the first socket and give
+// s back before the second was registered, and that registration would
+// outlive s (a later socket given the same number would then be woken by
+// the old one's events).
+func (l *eventLoop) register(s *loopSession, fds [2]int, want [2]uint32) bool {
 	l.mu.Lock()
-	l.ends[int32(fds[sideClient])] = loopEnd{s, sideClient}
-	l.ends[int32(fds[sideBackend])] = loopEnd{s, sideBackend}
-	l.mu.Unlock()
+	defer l.mu.Unlock()
 	for i := range 2 {
 		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fds[i], &unix.EpollEvent{Events: want[i], Fd: int32(fds[i])}); err != nil {
-			l.detach(s)
-			return
+			return false
 		}
 	}
+	l.ends[int32(fds[sideClient])] = loopEnd{s, sideClient}
+	l.ends[int32(fds[sideBackend])] = loopEnd{s, sideBackend}
+	return true
 }
 
 // detach asks the loop to give s back, from another goroutine.
