@@ -346,31 +346,30 @@ func (s *loopSession) handBack(i int) []byte {
 
 func (l *eventLoop) attach(s *loopSession) {
 	// Pending bytes are written by the loop, once the socket is writable:
-	// registering for that is all it takes. From the first registration
-	// on, s is the loop's: what is registered is taken from copies.
+	// registering for that is all it takes.
 	s.want = [2]uint32{s.interest(0), s.interest(1)}
-	fds, want := s.fd, s.want
-	if !l.register(s, fds, want) {
+	if !l.register(s) {
 		l.detach(s) // giveBack removes whatever was registered
 	}
 }
 
 // register adds both sockets of s to the loop's epoll instance and makes
 // s findable by them, under the lock the loop takes to find the sessions
-// of its events. Otherwise the loop could serve the first socket and give
-// s back before the second was registered, and that registration would
-// outlive s (a later socket given the same number would then be woken by
-// the old one's events).
-func (l *eventLoop) register(s *loopSession, fds [2]int, want [2]uint32) bool {
+// of its events: the loop cannot touch s until register returns.
+// Otherwise it could serve the first socket and give s back before the
+// second was registered, and that registration would outlive s (a later
+// socket given the same number would then be woken by the old one's
+// events).
+func (l *eventLoop) register(s *loopSession) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for i := range 2 {
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fds[i], &unix.EpollEvent{Events: want[i], Fd: int32(fds[i])}); err != nil {
+	for i, fd := range s.fd {
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: s.want[i], Fd: int32(fd)}); err != nil {
 			return false
 		}
 	}
-	l.ends[int32(fds[sideClient])] = loopEnd{s, sideClient}
-	l.ends[int32(fds[sideBackend])] = loopEnd{s, sideBackend}
+	l.ends[int32(s.fd[sideClient])] = loopEnd{s, sideClient}
+	l.ends[int32(s.fd[sideBackend])] = loopEnd{s, sideBackend}
 	return true
 }
 
