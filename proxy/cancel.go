@@ -46,9 +46,19 @@ func newCancelKeys() *cancelKeys {
 	return &cancelKeys{byPID: make(map[uint32]cancelEntry), bySession: make(map[string][]uint32)}
 }
 
-func (k *cancelKeys) issue(session string, cancel CancelFunc) (CancelKey, error) {
+// issue registers cancel under a new key. The key's process id is
+// backendPID when that is a positive 31-bit number no other open session
+// holds, else a random one.
+func (k *cancelKeys) issue(session string, cancel CancelFunc, backendPID uint32) (CancelKey, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if _, taken := k.byPID[backendPID]; !taken && backendPID != 0 && backendPID <= 0x7fffffff {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return CancelKey{}, fmt.Errorf("cancel key for session %s: %w", session, err)
+		}
+		return k.add(session, cancel, CancelKey{ProcessID: backendPID, Secret: binary.BigEndian.Uint32(b[:])}), nil
+	}
 	for range 32 {
 		var b [8]byte
 		if _, err := rand.Read(b[:]); err != nil {
@@ -63,12 +73,15 @@ func (k *cancelKeys) issue(session string, cancel CancelFunc) (CancelKey, error)
 		if _, taken := k.byPID[pid]; taken {
 			continue
 		}
-		key := CancelKey{ProcessID: pid, Secret: binary.BigEndian.Uint32(b[4:])}
-		k.byPID[pid] = cancelEntry{secret: key.Secret, session: session, cancel: cancel}
-		k.bySession[session] = append(k.bySession[session], pid)
-		return key, nil
+		return k.add(session, cancel, CancelKey{ProcessID: pid, Secret: binary.BigEndian.Uint32(b[4:])}), nil
 	}
 	return CancelKey{}, fmt.Errorf("cancel key for session %s: no free process id", session)
+}
+
+func (k *cancelKeys) add(session string, cancel CancelFunc, key CancelKey) CancelKey {
+	k.byPID[key.ProcessID] = cancelEntry{secret: key.Secret, session: session, cancel: cancel}
+	k.bySession[session] = append(k.bySession[session], key.ProcessID)
+	return key
 }
 
 // lookup finds the entry for key; the secret is compared in constant time
@@ -107,12 +120,16 @@ func (k *cancelKeys) releaseSession(session string) {
 
 // IssueCancelKey registers how to cancel this connection's backend and
 // returns the key to give the client. The key is valid until the
-// connection closes.
-func (c *Conn) IssueCancelKey(cancel CancelFunc) (CancelKey, error) {
+// connection closes. Its secret is portcullis's own; its process id is
+// backendPID (the backend's, or 0 for none) unless another session holds
+// that one. A client that compares the process id with what the server
+// reports (pg_backend_pid(), the sender of a notification) then finds its
+// own.
+func (c *Conn) IssueCancelKey(cancel CancelFunc, backendPID uint32) (CancelKey, error) {
 	if cancel == nil {
 		return CancelKey{}, errors.New("proxy: IssueCancelKey with no cancel function")
 	}
-	return c.srv.cancels.issue(c.id, cancel)
+	return c.srv.cancels.issue(c.id, cancel, backendPID)
 }
 
 // ForwardCancel handles a cancel request that arrived on this connection:

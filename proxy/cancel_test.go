@@ -14,11 +14,11 @@ func TestCancelKeys(t *testing.T) {
 			return nil
 		}
 	}
-	a, err := k.issue("session-a", fn("a"))
+	a, err := k.issue("session-a", fn("a"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := k.issue("session-b", fn("b"))
+	b, err := k.issue("session-b", fn("b"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,5 +65,42 @@ func TestCancelKeys(t *testing.T) {
 	}
 	if _, ok := k.lookup(b); !ok {
 		t.Error("b's key was released with a's session")
+	}
+}
+
+// TestCancelKeyTakesBackendPID: a key carries the backend's process id
+// while no other session holds it, and a random one otherwise.
+func TestCancelKeyTakesBackendPID(t *testing.T) {
+	k := newCancelKeys()
+	nop := func(context.Context) error { return nil }
+	tests := []struct {
+		session  string
+		pid      uint32
+		wantSame bool
+	}{
+		{"first", 4242, true},
+		{"same pid, another server", 4242, false},
+		{"none", 0, false},
+		{"beyond 31 bits", 1 << 31, false},
+		{"another", 4243, true},
+	}
+	for _, tt := range tests {
+		key, err := k.issue(tt.session, nop, tt.pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := key.ProcessID == tt.pid; got != tt.wantSame {
+			t.Errorf("%s: backend pid %d, key's pid %d", tt.session, tt.pid, key.ProcessID)
+		}
+		if key.ProcessID == 0 || key.ProcessID > 1<<31-1 {
+			t.Errorf("%s: process id %d is not a positive 31-bit number", tt.session, key.ProcessID)
+		}
+		if e, ok := k.lookup(key); !ok || e.session != tt.session {
+			t.Errorf("%s: its key does not find it", tt.session)
+		}
+	}
+	k.releaseSession("first")
+	if key, _ := k.issue("after the first ended", nop, 4242); key.ProcessID != 4242 {
+		t.Errorf("pid 4242, free again, was not taken: got %d", key.ProcessID)
 	}
 }

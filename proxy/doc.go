@@ -100,5 +100,9 @@
 // how to cancel the backend with Conn.IssueCancelKey and gives the client
 // the key it gets back; a cancel request carrying that key comes in on a
 // new connection and Conn.ForwardCancel runs the registered function. A
-// key nobody issued is dropped without a word, as PostgreSQL does.
+// key nobody issued is dropped without a word, as PostgreSQL does. The
+// key's secret is always portcullis's own; its process id is the
+// backend's where no other open session holds that one, so that a client
+// comparing it with what the server reports (pg_backend_pid(), the sender
+// of a notification) recognises its own connection.
 package proxy

@@ -118,7 +118,7 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	p.versions.Store(res.Name, be.version)
 	// The key itself means nothing to a MySQL client; registering lets
 	// portcullis stop a running query when it ends the session.
-	if _, err := c.IssueCancelKey(func(ctx context.Context) error { return be.kill(ctx, false) }); err != nil {
+	if _, err := c.IssueCancelKey(func(ctx context.Context) error { return be.kill(ctx, false) }, 0); err != nil {
 		return fe.fail(ctx, fmt.Errorf("session %s: %w", c.ID(), err))
 	}
 

@@ -27,6 +27,8 @@ type backend struct {
 	txStatus byte
 	// notices the server sent during login, relayed to the client.
 	notices []*pgconn.Notice
+	// pid is the server's process id for this connection.
+	pid uint32
 	// cancel asks the server to cancel what this connection runs.
 	cancel proxy.CancelFunc
 }
@@ -135,6 +137,7 @@ func connectBackend(ctx context.Context, res config.Resource, creds auth.Backend
 		params:   maps.Clone(hc.ParameterStatuses),
 		txStatus: hc.TxStatus,
 		notices:  notices,
+		pid:      pid,
 		cancel: func(ctx context.Context) error {
 			return sendCancel(ctx, res.Address, tlsConfig, pid, secret)
 		},

@@ -79,7 +79,7 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	defer be.conn.Close()
 
 	// 5. Answer the client, with a cancel key of our own.
-	key, err := c.IssueCancelKey(be.cancel)
+	key, err := c.IssueCancelKey(be.cancel, be.pid)
 	if err != nil {
 		return fe.fail(ctx, fmt.Errorf("session %s: %w", c.ID(), err))
 	}

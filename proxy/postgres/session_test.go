@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -314,6 +315,41 @@ func TestCancelFromPgx(t *testing.T) {
 		t.Errorf("after cancel, current_user = %q", got)
 	}
 	h.waitEvent("cancel.forwarded", nil)
+}
+
+// TestOwnNotificationIsRecognised: the process id a client is given is
+// its backend's, so a client that listens and notifies on one connection
+// knows the notification for its own (libpq's and pgx's
+// notification.PID == PID()), and pg_backend_pid() agrees.
+func TestOwnNotificationIsRecognised(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	key := h.signIn(alice)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	cfg := h.config(alice, key, "analytics")
+	got := make(chan *pgconn.Notification, 1)
+	cfg.OnNotification = func(_ *pgconn.PgConn, n *pgconn.Notification) { got <- n }
+	c, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	res, err := c.Exec(ctx, "listen jobs; notify jobs, 'done'; select pg_backend_pid()").ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid := string(res[2].Rows[0][0]); pid != strconv.FormatUint(uint64(c.PID()), 10) {
+		t.Errorf("pg_backend_pid() is %s, the client was given %d", pid, c.PID())
+	}
+	select {
+	case n := <-got:
+		if n.PID != c.PID() || n.Payload != "done" {
+			t.Errorf("notification from pid %d with %q; this connection's pid is %d", n.PID, n.Payload, c.PID())
+		}
+	case <-ctx.Done():
+		t.Fatal("no notification arrived")
+	}
 }
 
 // 100 MB out with COPY TO STDOUT and back in with COPY FROM STDIN, the
