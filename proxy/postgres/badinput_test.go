@@ -199,8 +199,19 @@ func badPostgresCases(h *harness, plain, key string) []hostile.Case {
 			c.send([]byte("GET / HTTP/1.1\r\nHost: portcullis\r\n\r\n"))
 			c.fatal(codeProtocolViolation, "invalid startup packet length")
 		}},
-		{Name: "a TLS ClientHello without SSLRequest", Run: func(t *testing.T) {
+		{Name: "a TLS ClientHello without SSLRequest, cut short", Slow: true, Run: func(t *testing.T) {
+			// Taken for a direct TLS handshake (sslnegotiation=direct),
+			// which the deadline ends as it ends one after 'S'.
 			c := onMain(t)
+			c.send([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03})
+			if got := hostile.ReadToClose(t, c.raw, badCloseWithin); len(got) > 0 {
+				if err := badTimedOut(got); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{Name: "a TLS ClientHello without SSLRequest on a listener without TLS", Run: func(t *testing.T) {
+			c := onPlain(t)
 			c.send([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03})
 			c.fatal(codeProtocolViolation, "invalid startup packet length")
 		}},

@@ -122,6 +122,16 @@ func (fe *frontend) readStartup() (*startup, error) {
 		if err := fe.c.Step(); err != nil {
 			return nil, err
 		}
+		if !fe.tls && !sslSeen {
+			direct, err := fe.directTLS()
+			if err != nil {
+				return nil, err
+			}
+			if direct {
+				sslSeen = true
+				continue
+			}
+		}
 		code, body, err := fe.readStartupPacket()
 		if err != nil {
 			return nil, err
@@ -208,6 +218,61 @@ func (fe *frontend) startTLS() error {
 	fe.use(tc)
 	fe.tls = true
 	return nil
+}
+
+// tlsHandshakeRecord opens a TLS ClientHello. No startup packet starts
+// with it: its length would be hundreds of megabytes.
+const tlsHandshakeRecord = 0x16
+
+// alpnPostgres is the ALPN protocol a direct TLS connection must ask for,
+// as PostgreSQL 17 requires: it keeps a TLS connection meant for another
+// service from being taken for a database session.
+const alpnPostgres = "postgresql"
+
+// directTLS takes a TLS handshake that opens the connection without an
+// SSLRequest (libpq's sslnegotiation=direct, PostgreSQL 17 and later).
+// It reports false, having consumed nothing, if the next packet is not
+// one. On a listener without TLS the ClientHello is left to be refused as
+// a startup packet of impossible length.
+func (fe *frontend) directTLS() (bool, error) {
+	b, err := fe.br.Peek(1)
+	if err != nil {
+		return false, &clientIOError{err}
+	}
+	cfg := fe.c.TLS()
+	if b[0] != tlsHandshakeRecord || cfg == nil || fe.c.Listener().TLS == config.ListenerTLSDisabled {
+		return false, nil
+	}
+	cfg = cfg.Clone()
+	cfg.NextProtos = []string{alpnPostgres}
+	// The ClientHello, or its start, is in br already.
+	tc := tls.Server(&readAheadConn{Conn: fe.conn, br: fe.br}, cfg)
+	if err := tc.Handshake(); err != nil {
+		return false, &clientIOError{fmt.Errorf("direct TLS handshake: %w", err)}
+	}
+	fe.use(tc)
+	fe.tls = true
+	if tc.ConnectionState().NegotiatedProtocol != alpnPostgres {
+		return false, protocolError("direct TLS connection without ALPN protocol \"postgresql\"", "direct_tls_without_alpn")
+	}
+	return true, nil
+}
+
+// readAheadConn reads what br holds of the connection before reading the
+// connection itself, then lets br go.
+type readAheadConn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func (c *readAheadConn) Read(p []byte) (int, error) {
+	if c.br != nil {
+		if n := c.br.Buffered(); n > 0 {
+			return c.br.Read(p[:min(len(p), n)])
+		}
+		c.br = nil // a session holds no startup buffer
+	}
+	return c.Conn.Read(p)
 }
 
 func (fe *frontend) decodeStartup(code uint32, body []byte) (*startup, error) {

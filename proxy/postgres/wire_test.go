@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/portcullisdb/portcullis/auth"
@@ -404,5 +405,66 @@ func TestPromptMode(t *testing.T) {
 		if got := promptMode(tt.setting, tt.app); got != tt.want {
 			t.Errorf("promptMode(%q, %q) = %s, want %s", tt.setting, tt.app, got, tt.want)
 		}
+	}
+}
+
+// TestDirectTLS: a client may open with the TLS handshake itself, no
+// SSLRequest first (sslnegotiation=direct, libpq 17 and later), asking
+// for ALPN "postgresql" as PostgreSQL requires; a handshake that asks
+// for another protocol or none is refused.
+func TestDirectTLS(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	key := h.signIn(alice)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// pgx as libpq does it; its cancel request goes the same way.
+	cfg := h.config(alice, key, "analytics")
+	cfg.SSLNegotiation = "direct"
+	cfg.TLSConfig.NextProtos = []string{"postgresql"}
+	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 10 * time.Second}
+	}
+	c, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	if got := currentUser(ctx, t, c); got != roleAnalyst.Name {
+		t.Errorf("current_user = %q, want %q", got, roleAnalyst.Name)
+	}
+	qctx, qcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer qcancel()
+	if _, err := c.Exec(qctx, "select pg_sleep(30)").ReadAll(); pgCode(err) != "57014" {
+		t.Fatalf("got %v, want query_canceled (57014): the cancel over direct TLS", err)
+	}
+	h.waitEvent("cancel.forwarded", nil)
+
+	for _, tt := range []struct {
+		name  string
+		alpn  []string
+		alert bool // the handshake fails; else a FATAL comes over TLS
+	}{
+		{name: "no ALPN", alpn: nil},
+		{name: "ALPN h2", alpn: []string{"h2"}, alert: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := dialWire(t, h)
+			tc := tls.Client(w.conn, &tls.Config{RootCAs: h.ca.Pool, ServerName: "127.0.0.1", NextProtos: tt.alpn})
+			err := tc.Handshake()
+			if tt.alert {
+				if err == nil || !strings.Contains(err.Error(), "no application protocol") {
+					t.Fatalf("handshake: %v, want the no_application_protocol alert", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("handshake: %v", err)
+			}
+			w.conn, w.fe = tc, pgproto3.NewFrontend(tc, tc)
+			if e := w.expectError(codeProtocolViolation); !strings.Contains(e.Message, `ALPN protocol "postgresql"`) {
+				t.Errorf("message %q does not say what was missing", e.Message)
+			}
+		})
 	}
 }
