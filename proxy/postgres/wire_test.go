@@ -261,7 +261,8 @@ func TestBytesReadAheadReachTheBackend(t *testing.T) {
 	if keyData == nil || len(keyData.SecretKey) != 4 {
 		t.Fatalf("BackendKeyData = %+v, want a 4-byte key", keyData)
 	}
-	// The key is portcullis's own, not the backend's.
+	// The key's process id is the backend's (its secret is portcullis's
+	// own: TestCancelKeyTakesBackendPID).
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	su, err := h.pg.Superuser(ctx, "")
@@ -273,8 +274,8 @@ func TestBytesReadAheadReachTheBackend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(res[0].Rows[0][0]) != "0" {
-		t.Errorf("the client was given the backend's own process id %d", keyData.ProcessID)
+	if string(res[0].Rows[0][0]) != "1" {
+		t.Errorf("process id %d in the client's key is not its backend's", keyData.ProcessID)
 	}
 }
 
