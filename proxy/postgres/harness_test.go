@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -225,6 +226,15 @@ func (h *harness) addr() string { return net.JoinHostPort(h.host, strconv.Itoa(h
 func (h *harness) dumpLogs() {
 	for _, e := range h.logs.All() {
 		h.t.Logf("log: %s %v", e.Message, e.ContextMap())
+	}
+}
+
+// cancelsByRequest makes pgx cancel a query whose context ends with a
+// CancelRequest, as libpq's clients do, rather than by closing the
+// connection.
+func cancelsByRequest(cfg *pgconn.Config) {
+	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 10 * time.Second}
 	}
 }
 

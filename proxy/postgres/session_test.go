@@ -17,7 +17,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 
 	"github.com/portcullisdb/portcullis/auth/entrasim"
 )
@@ -291,9 +290,7 @@ func TestCancelFromPgx(t *testing.T) {
 	defer cancel()
 
 	cfg := h.config(alice, key, "analytics")
-	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
-		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 10 * time.Second}
-	}
+	cancelsByRequest(cfg)
 	c, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

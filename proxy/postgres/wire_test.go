@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/portcullisdb/portcullis/auth"
@@ -423,9 +422,7 @@ func TestDirectTLS(t *testing.T) {
 	cfg := h.config(alice, key, "analytics")
 	cfg.SSLNegotiation = "direct"
 	cfg.TLSConfig.NextProtos = []string{"postgresql"}
-	cfg.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
-		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 10 * time.Second}
-	}
+	cancelsByRequest(cfg)
 	c, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
