@@ -60,6 +60,9 @@ var (
 	ErrShuttingDown = errors.New("portcullis is shutting down")
 	// ErrTerminated: an operator ended the session (Server.End).
 	ErrTerminated = errors.New("session terminated by an operator")
+	// ErrKilled: the client asked for its own connection to end, as
+	// MySQL's KILL CONNECTION of its own connection id does (Conn.Kill).
+	ErrKilled = errors.New("the client killed its own connection")
 	// ErrServerClosed is returned by Serve called after Shutdown or Close.
 	ErrServerClosed = errors.New("proxy: server closed")
 )
@@ -304,6 +307,10 @@ func (s *Server) End(id string) bool {
 	}
 	return ok
 }
+
+// Kill ends this connection with ErrKilled, between two messages, as
+// End does with ErrTerminated: the protocol's goodbye tells the client.
+func (c *Conn) Kill() { c.cancel(ErrKilled) }
 
 // Sessions returns a snapshot of every open connection, oldest first.
 func (s *Server) Sessions() []SessionInfo {

@@ -130,6 +130,7 @@ const (
 	endError         = "error"
 	endShutdown      = "shutdown"
 	endTerminated    = "terminated"
+	endKilled        = "killed"
 )
 
 // ErrBackendLost is the cause of a session whose backend connection broke
@@ -364,6 +365,8 @@ func endReason(cause error) string {
 		return endShutdown
 	case errors.Is(cause, ErrTerminated):
 		return endTerminated
+	case errors.Is(cause, ErrKilled):
+		return endKilled
 	case errors.Is(cause, ErrRevoked):
 		return endRevoked
 	}

@@ -111,7 +111,9 @@
 // exactly that, with the id from the greeting) is carried out by
 // portcullis against that session's backend thread if it belongs to the
 // same person (else ERR 1095), and the backend is sent DO 0 instead, so
-// the answer carries its real status. KILL with a backend thread id (from
+// the answer carries its real status. KILL CONNECTION of the session's
+// own id ends the session, answered with ERR 1927 (70100) as a server
+// answers a KILL of its own thread. KILL with a backend thread id (from
 // CONNECTION_ID() or the process list) passes through unchanged. The ids
 // portcullis hands out are at or above 2^30, where no real server's
 // thread ids are.

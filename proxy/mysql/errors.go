@@ -132,6 +132,9 @@ func ended(cause error) *refusal {
 	if errors.Is(cause, proxy.ErrTerminated) {
 		return &refusal{code: erConnectionKilled, state: stateKilled, message: "connection was killed: an operator ended this session", err: cause}
 	}
+	if errors.Is(cause, proxy.ErrKilled) {
+		return &refusal{code: erConnectionKilled, state: stateKilled, message: "Connection was killed", err: cause}
+	}
 	var lost *proxy.BackendLostError
 	if errors.As(cause, &lost) {
 		return &refusal{code: gomysql.ER_NET_READ_ERROR, state: stateCommLink, message: lost.Error() + "; connect again", err: cause}

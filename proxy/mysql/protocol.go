@@ -133,13 +133,19 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		last     atomic.Uint32
 		awaiting atomic.Bool
 	)
+	// A KILL CONNECTION of the session's own id ends it. The KILL was
+	// packet 0 of its exchange, so the goodbye answers it as packet 1.
+	kills := p.sessions.killerFor(dec.Identity.ObjectID, id, func() {
+		last.Store(0)
+		c.Kill()
+	})
 	return c.Splice(proxy.Relay{
 		Client:        fe.pc.conn,
 		Backend:       be.conn,
 		ClientPending: fe.pc.pending(),
 		ToBackend:     &packetFramer{last: &last, awaiting: &awaiting, client: true},
 		ToClient:      &packetFramer{last: &last, awaiting: &awaiting},
-		FromClient:    &commandFilter{kills: p.sessions.killerFor(dec.Identity.ObjectID)},
+		FromClient:    &commandFilter{kills: kills},
 		Goodbye:       goodbye(&last, &awaiting),
 		Terminate:     terminate,
 	})
@@ -211,17 +217,30 @@ func (s *sessions) release(id uint32) {
 	s.mu.Unlock()
 }
 
-func (s *sessions) killerFor(oid string) killer { return &sessionKiller{s: s, oid: oid} }
+// killerFor is the killer of a session of identity oid, whose own
+// connection id is self; a KILL CONNECTION of self calls end instead.
+func (s *sessions) killerFor(oid string, self uint32, end func()) killer {
+	return &sessionKiller{s: s, oid: oid, self: self, end: end}
+}
 
 // sessionKiller carries out KILLs of portcullis connection ids for one
 // identity: MySQL lets a user kill only their own threads, and portcullis
 // lets a person kill only their own sessions.
 type sessionKiller struct {
-	s   *sessions
-	oid string
+	s    *sessions
+	oid  string
+	self uint32
+	end  func()
 }
 
 func (k *sessionKiller) kill(ctx context.Context, id uint32, connection bool) (bool, []byte, []byte) {
+	if connection && id == k.self {
+		// As a server does: the statement's answer is error 1927, and
+		// the connection closes. Ending the session says both, between
+		// two messages, and logs out of the backend.
+		k.end()
+		return true, nil, nil
+	}
 	k.s.mu.Lock()
 	ls, ok := k.s.byID[id]
 	var oid string

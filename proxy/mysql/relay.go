@@ -44,9 +44,10 @@ type commandFilter struct {
 
 // killer carries out a KILL naming a portcullis connection id.
 type killer interface {
-	// kill reports whether id is portcullis's; if so, reply is the packet
-	// to send the backend instead (nil: none), or errReply the ERR to
-	// answer the client with.
+	// kill reports whether id is portcullis's; if so, replace is the
+	// packet to send the backend instead, or errReply the ERR to answer
+	// the client with, or neither when the session is ending because of
+	// it (a KILL CONNECTION of its own id).
 	kill(ctx context.Context, id uint32, connection bool) (handled bool, replace []byte, errReply []byte)
 }
 
@@ -205,10 +206,13 @@ func (f *commandFilter) intercept(out proxy.FilterOutput, id uint32, connection 
 	ctx, cancel := context.WithTimeout(context.Background(), killTimeout)
 	defer cancel()
 	handled, replace, errReply := f.kills.kill(ctx, id, connection)
-	if !handled {
+	switch {
+	case !handled:
 		return false, nil
-	}
-	if replace != nil {
+	case replace == nil && errReply == nil:
+		// The session itself ends; its goodbye is the answer.
+		return true, nil
+	case replace != nil:
 		// The backend answers the replacement, with its own status.
 		return true, out.ToBackend(appendPacket(nil, 0, replace))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
+	"encoding/binary"
 	"fmt"
 	"strings"
 	"testing"
@@ -236,6 +237,46 @@ func TestKillQuery(t *testing.T) {
 // TestKillQueryWithoutTLS: without TLS on either leg, the killer's session
 // is relayed by the event loop, which hands it to its goroutine to carry
 // out a KILL of a portcullis connection id; the session goes on there.
+// TestKillOwnConnection: a KILL CONNECTION of a session's own portcullis
+// connection id (the one its greeting gave, which the mariadb CLI shows
+// as "Your MariaDB connection id") is answered as MariaDB answers a KILL
+// of its own thread: error 1927 as packet 1, then the close. The
+// session ends as killed; the person's other session goes on.
+func TestKillOwnConnection(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	key, err := h.signIn(aliceUPN, aliceUPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	other := h.open(aliceUPN, key, "app", "")
+	var n int
+	if err := other.QueryRowContext(ctx, "SELECT 1").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	r := dialRaw(t, h.addr)
+	if p := r.login(h.tlsCfg, aliceUPN, key, "app"); p[0] != gomysql.OK_HEADER {
+		t.Fatalf("login: %q", p)
+	}
+	r.seq = 0
+	r.write(append([]byte{gomysql.COM_QUERY}, fmt.Sprintf("KILL CONNECTION %d", r.connID)...))
+	p, err := r.read()
+	if err != nil {
+		t.Fatalf("KILL of its own id: %v, want ERR 1927", err)
+	}
+	if p[0] != gomysql.ERR_HEADER || binary.LittleEndian.Uint16(p[1:3]) != erConnectionKilled || string(p[4:9]) != stateKilled || r.seq != 2 {
+		t.Fatalf("KILL of its own id answered %q as packet %d, want ERR 1927 (70100) as packet 1", p, r.seq-1)
+	}
+	if p, err := r.read(); err == nil {
+		t.Fatalf("after the ERR, got %q; want the connection closed", p)
+	}
+	h.waitEvent("session.ended", func(f map[string]any) bool { return f["reason"] == "killed" })
+	if err := other.QueryRowContext(ctx, "SELECT 2").Scan(&n); err != nil || n != 2 {
+		t.Errorf("her other session after the KILL: %d, %v", n, err)
+	}
+}
+
 func TestKillQueryWithoutTLS(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	key, err := h.signIn(aliceUPN, aliceUPN)
