@@ -241,13 +241,15 @@ func TestKillQuery(t *testing.T) {
 // connection id (the one its greeting gave, which the mariadb CLI shows
 // as "Your MariaDB connection id") is answered as MariaDB answers a KILL
 // of its own thread: error 1927 as packet 1, then the close. The
-// session ends as killed; the person's other session goes on.
+// session ends as killed, relayed by goroutines (TLS) or on the event
+// loop (no TLS on either leg); the person's other session goes on.
 func TestKillOwnConnection(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	key, err := h.signIn(aliceUPN, aliceUPN)
 	if err != nil {
 		t.Fatal(err)
 	}
+	optional, _ := h.listen(t, config.ListenerTLSOptional)
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	other := h.open(aliceUPN, key, "app", "")
@@ -255,25 +257,50 @@ func TestKillOwnConnection(t *testing.T) {
 	if err := other.QueryRowContext(ctx, "SELECT 1").Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	r := dialRaw(t, h.addr)
-	if p := r.login(h.tlsCfg, aliceUPN, key, "app"); p[0] != gomysql.OK_HEADER {
-		t.Fatalf("login: %q", p)
+
+	tlsClient := dialRaw(t, h.addr)
+	if p := tlsClient.login(h.tlsCfg, aliceUPN, key, "app"); p[0] != gomysql.OK_HEADER {
+		t.Fatalf("login over TLS: %q", p)
 	}
-	r.seq = 0
-	r.write(append([]byte{gomysql.COM_QUERY}, fmt.Sprintf("KILL CONNECTION %d", r.connID)...))
-	p, err := r.read()
-	if err != nil {
-		t.Fatalf("KILL of its own id: %v, want ERR 1927", err)
+	// app_ed's backend leg has no TLS either.
+	plainClient := dialRaw(t, optional)
+	plainClient.write(buildHandshakeResponse(rawCaps, aliceUPN, mysqlScramble(key, plainClient.nonce), "app_ed", pluginCachingSHA2))
+	plainClient.read() // fast_auth_success
+	if p, err := plainClient.read(); err != nil || p[0] != gomysql.OK_HEADER {
+		t.Fatalf("login without TLS: %q, %v", p, err)
 	}
-	if p[0] != gomysql.ERR_HEADER || binary.LittleEndian.Uint16(p[1:3]) != erConnectionKilled || string(p[4:9]) != stateKilled || r.seq != 2 {
-		t.Fatalf("KILL of its own id answered %q as packet %d, want ERR 1927 (70100) as packet 1", p, r.seq-1)
+
+	for i, r := range []*rawClient{tlsClient, plainClient} {
+		r.seq = 0
+		r.write(append([]byte{gomysql.COM_QUERY}, fmt.Sprintf("KILL CONNECTION %d", r.connID)...))
+		p, err := r.read()
+		if err != nil {
+			t.Fatalf("client %d: KILL of its own id: %v, want ERR 1927", i, err)
+		}
+		if p[0] != gomysql.ERR_HEADER || binary.LittleEndian.Uint16(p[1:3]) != erConnectionKilled || string(p[4:9]) != stateKilled || r.seq != 2 {
+			t.Fatalf("client %d: KILL of its own id answered %q as packet %d, want ERR 1927 (70100) as packet 1", i, p, r.seq-1)
+		}
+		if p, err := r.read(); err == nil {
+			t.Fatalf("client %d: after the ERR, got %q; want the connection closed", i, p)
+		}
 	}
-	if p, err := r.read(); err == nil {
-		t.Fatalf("after the ERR, got %q; want the connection closed", p)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		killed := 0
+		for _, e := range h.events("session.ended") {
+			if e.ContextMap()["reason"] == "killed" {
+				killed++
+			}
+		}
+		if killed == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions ended as killed, want 2", killed)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	h.waitEvent("session.ended", func(f map[string]any) bool { return f["reason"] == "killed" })
 	if err := other.QueryRowContext(ctx, "SELECT 2").Scan(&n); err != nil || n != 2 {
-		t.Errorf("her other session after the KILL: %d, %v", n, err)
+		t.Errorf("her other session after the KILLs: %d, %v", n, err)
 	}
 }
 
