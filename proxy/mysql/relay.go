@@ -40,6 +40,9 @@ type commandFilter struct {
 	held  []byte // the cut-off start of a packet, not yet passed on
 	left  int    // bytes of the packet in flight still to pass on
 	drop  int    // bytes of a refused packet still to discard
+	// ended: the client killed its own connection, and nothing it sent
+	// after the KILL goes to the backend, as none would run on a server.
+	ended bool
 }
 
 // killer carries out a KILL naming a portcullis connection id.
@@ -59,6 +62,9 @@ var killStatement = regexp.MustCompile(`(?is)^\s*KILL\s+(?:(?:HARD|SOFT)\s+)?(QU
 
 // Filter passes p on, answering or replacing the commands it watches.
 func (f *commandFilter) Filter(p []byte, out proxy.FilterOutput) error {
+	if f.ended {
+		return nil
+	}
 	if len(f.held) > 0 {
 		p = append(f.held, p...)
 		f.held = nil
@@ -125,7 +131,7 @@ func (f *commandFilter) Filter(p []byte, out proxy.FilterOutput) error {
 				return nil
 			}
 			replaced, err := f.intercept(out, id, connection)
-			if err != nil {
+			if err != nil || f.ended {
 				return err
 			}
 			if replaced {
@@ -211,6 +217,7 @@ func (f *commandFilter) intercept(out proxy.FilterOutput, id uint32, connection 
 		return false, nil
 	case replace == nil && errReply == nil:
 		// The session itself ends; its goodbye is the answer.
+		f.ended = true
 		return true, nil
 	case replace != nil:
 		// The backend answers the replacement, with its own status.

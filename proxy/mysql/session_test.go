@@ -240,7 +240,8 @@ func TestKillQuery(t *testing.T) {
 // TestKillOwnConnection: a KILL CONNECTION of a session's own portcullis
 // connection id (the one its greeting gave, which the mariadb CLI shows
 // as "Your MariaDB connection id") is answered as MariaDB answers a KILL
-// of its own thread: error 1927 as packet 1, then the close. The
+// of its own thread: error 1927 as packet 1, then the close, and a
+// command pipelined behind the KILL does not run. The
 // session ends as killed, relayed by goroutines (TLS) or on the event
 // loop (no TLS on either leg); the person's other session goes on.
 func TestKillOwnConnection(t *testing.T) {
@@ -271,8 +272,13 @@ func TestKillOwnConnection(t *testing.T) {
 	}
 
 	for i, r := range []*rawClient{tlsClient, plainClient} {
+		// A command sent along with the KILL never runs: all that comes
+		// back is the KILL's answer.
+		kill := appendPacket(nil, 0, append([]byte{gomysql.COM_QUERY}, fmt.Sprintf("KILL CONNECTION %d", r.connID)...))
+		if _, err := r.conn.Write(appendPacket(kill, 0, append([]byte{gomysql.COM_QUERY}, "SELECT 1"...))); err != nil {
+			t.Fatal(err)
+		}
 		r.seq = 0
-		r.write(append([]byte{gomysql.COM_QUERY}, fmt.Sprintf("KILL CONNECTION %d", r.connID)...))
 		p, err := r.read()
 		if err != nil {
 			t.Fatalf("client %d: KILL of its own id: %v, want ERR 1927", i, err)
