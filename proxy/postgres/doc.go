@@ -1,8 +1,8 @@
 // Package postgres is portcullis's PostgreSQL front door: the client side
 // of the wire protocol (version 3.0, on github.com/jackc/pgproto3/v2), the
 // sign-in prompts rendered inside the client, the protocol's own error
-// messages, and the login to the real server (github.com/jackc/pgx/v5's
-// pgconn, then Hijack).
+// messages, and the login to the real server (spoken here on
+// github.com/jackc/pgx/v5's pgproto3, with pgconn's error types).
 //
 // One connection, as Protocol.Serve reads:
 //
@@ -39,10 +39,13 @@
 //     otpauth URI and the key to type in, then FATAL 28000 saying to
 //     reconnect with "<session key>:<code>"; in error mode one FATAL
 //     28000 carrying all of it. None of it is logged.
-//  5. Backend. pgconn logs in with the mapped credentials (SCRAM, MD5 or
-//     cleartext; TLS disable, require or verify-full) before the client
-//     is told anything more; then SyncConn and Hijack, after which pgconn
-//     holds no unread byte.
+//  5. Backend. portcullis logs in with the mapped credentials (SCRAM,
+//     bound to the server's certificate over TLS where the server offers
+//     it; MD5; cleartext; TLS disable, require or verify-full) before the
+//     client is told anything more, and reads nothing past the server's
+//     first ReadyForQuery. A SCRAM login checks the server's proof, and
+//     the keys derived from the password are kept for the next login
+//     (scram.go).
 //  6. Ready. AuthenticationOk (unless a prompt sent it), a notice with a
 //     new session key, the backend's own login notices, its
 //     ParameterStatus, a BackendKeyData with portcullis's cancel key (not
