@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -68,20 +69,26 @@ func newFrontend(c *proxy.Conn) *frontend {
 	return fe
 }
 
+// startupBufferSize is the read buffer a connection starts its login
+// with: room for a startup packet and a password, an access token
+// included, as most clients send them. A longer message moves the buffer
+// to one that holds it (exactReader), so a connection waiting for a
+// sign-in holds a page, not the largest message it may send.
+const startupBufferSize = 4 << 10
+
 // use makes conn the connection to talk over, with a fresh read buffer.
 func (fe *frontend) use(conn net.Conn) {
-	size := max(fe.c.Limits().MaxStartupBytes, maxPasswordBytes) + 16
 	fe.conn = proxy.PollSocket(conn)
-	fe.br = bufio.NewReaderSize(fe.conn, size)
-	fe.in = &exactReader{br: fe.br, limit: fe.c.Limits().MaxStartupBytes}
+	fe.br = bufio.NewReaderSize(fe.conn, startupBufferSize)
+	fe.in = &exactReader{fe: fe, limit: fe.c.Limits().MaxStartupBytes}
 	fe.codec = pgproto3.NewBackend(fe.in, fe.conn)
 }
 
 // exactReader is the codec's pgproto3.ChunkReader: it hands out exactly n
-// bytes per call, leaving anything read ahead in br, and refuses
+// bytes per call, leaving anything read ahead in fe.br, and refuses
 // messages longer than limit before buffering them.
 type exactReader struct {
-	br    *bufio.Reader
+	fe    *frontend
 	limit int
 }
 
@@ -89,16 +96,28 @@ func (r *exactReader) Next(n int) ([]byte, error) {
 	if n < 0 || n > r.limit {
 		return nil, &fatal{code: codeProtocolViolation, message: fmt.Sprintf("message too long (%d bytes; the limit is %d)", n, r.limit), reason: "message_too_long"}
 	}
-	// Peek keeps a partial read in br, as ChunkReader requires; br is
-	// larger than limit, so Peek can always hold n bytes.
-	b, err := r.br.Peek(n)
+	if n > r.fe.br.Size() {
+		r.fe.br = grow(r.fe.br, r.fe.conn, n)
+	}
+	// Peek keeps a partial read in br, as ChunkReader requires; br holds
+	// at least n bytes.
+	b, err := r.fe.br.Peek(n)
 	if err != nil {
 		return nil, &clientIOError{err}
 	}
 	out := make([]byte, n)
 	copy(out, b)
-	r.br.Discard(n)
+	r.fe.br.Discard(n)
 	return out, nil
+}
+
+// grow moves what br has buffered from src to a reader of size bytes.
+// The first fill of the new reader takes all of it: size is larger than
+// br, so what br buffered fits.
+func grow(br *bufio.Reader, src io.Reader, size int) *bufio.Reader {
+	held := make([]byte, br.Buffered())
+	br.Read(held) // from the buffer only: it holds that much
+	return bufio.NewReaderSize(io.MultiReader(bytes.NewReader(held), src), size)
 }
 
 // startup is what a client asked for in its StartupMessage.

@@ -227,17 +227,36 @@ func TestUnknownCancelKeyIsDropped(t *testing.T) {
 
 // A client that sends its first query together with its password loses
 // nothing at the hand-off: the query was read ahead by the handshake and
-// must reach the backend.
+// must reach the backend. Also with a startup packet longer than the
+// login's first read buffer, which moves to a larger one, and a query
+// longer than either.
 func TestBytesReadAheadReachTheBackend(t *testing.T) {
+	long := strings.Repeat("x", 3*startupBufferSize)
+	for _, tc := range []struct {
+		name    string
+		startup map[string]string
+		query   string
+		want    string
+	}{
+		{"short", aliceStartup, "select current_user", roleAnalyst.Name},
+		{"long", map[string]string{"user": alice, "database": "analytics", "options": "-c portcullis.pad=" + strings.Repeat("p", startupBufferSize+100)},
+			"select current_user || length(current_setting('portcullis.pad')) || length('" + long + "')",
+			roleAnalyst.Name + itoa(uint32(startupBufferSize+100)) + itoa(uint32(len(long)))},
+	} {
+		t.Run(tc.name, func(t *testing.T) { readAheadReachesTheBackend(t, tc.startup, tc.query, tc.want) })
+	}
+}
+
+func readAheadReachesTheBackend(t *testing.T, startup map[string]string, query, want string) {
 	h := newHarness(t, harnessOptions{})
 	key := h.signIn(alice)
 	w := dialWire(t, h)
 	w.startTLS(h)
-	w.send(startupMessage(pgproto3.ProtocolVersion30, aliceStartup))
+	w.send(startupMessage(pgproto3.ProtocolVersion30, startup))
 	if msg := w.receive(); !isCleartextRequest(msg) {
 		t.Fatalf("got %T, want AuthenticationCleartextPassword", msg)
 	}
-	w.sendRaw(&pgproto3.PasswordMessage{Password: key}, &pgproto3.Query{String: "select current_user"})
+	w.sendRaw(&pgproto3.PasswordMessage{Password: key}, &pgproto3.Query{String: query})
 
 	var ready int
 	var got string
@@ -254,8 +273,8 @@ func TestBytesReadAheadReachTheBackend(t *testing.T) {
 			t.Fatalf("error: %s %s", m.Code, m.Message)
 		}
 	}
-	if got != roleAnalyst.Name {
-		t.Errorf("pipelined query returned %q, want %q", got, roleAnalyst.Name)
+	if got != want {
+		t.Errorf("pipelined query returned %q, want %q", got, want)
 	}
 	if keyData == nil || len(keyData.SecretKey) != 4 {
 		t.Fatalf("BackendKeyData = %+v, want a 4-byte key", keyData)
