@@ -14,10 +14,11 @@
 //     StartupMessage is limited to proxy.max_startup_bytes; a 3.x client
 //     newer than 3.0 or with _pq_ options gets NegotiateProtocolVersion,
 //     any other major version a FATAL error.
-//  2. Resource. The database parameter names the resource; none (or the
-//     user name libpq puts there by default, when no resource has that
-//     name) means the listener's default_resource; an unknown one is
-//     FATAL 3D000.
+//  2. Resource. The database parameter names the resource; none (or
+//     what clients put there when the person named none: the user name,
+//     or postgres for psql -l, DBeaver and pgAdmin; when no resource has
+//     that name) means the listener's default_resource; an unknown one is
+//     FATAL 3D000 with a hint.
 //  3. Credentials. AuthenticationCleartextPassword, then the password
 //     (ARCHITECTURE §3: a token, a session key, a TOTP code or anything).
 //  4. Decision. In notice mode (libpq and most clients) a device-code

@@ -346,17 +346,21 @@ func (fe *frontend) resource(st *startup) (config.Resource, error) {
 	if res, ok := fe.c.Resource(name); ok {
 		return res, nil
 	}
-	// libpq puts the user name in database when none is given.
-	if def := fe.c.Listener().DefaultResource; def != "" && (name == "" || name == st.params["user"]) {
+	// What clients put in database when the person named none: libpq
+	// the user name; psql -l, DBeaver and pgAdmin the maintenance
+	// database, postgres.
+	if def := fe.c.Listener().DefaultResource; def != "" && (name == "" || name == st.params["user"] || name == "postgres") {
 		if res, ok := fe.c.Resource(def); ok {
 			return res, nil
 		}
 	}
-	message := fmt.Sprintf("database %q does not exist: portcullis has no resource by that name", name)
+	f := &fatal{code: codeInvalidCatalog, reason: "unknown_resource",
+		message: fmt.Sprintf("database %q does not exist: portcullis has no resource by that name", name),
+		hint:    "Give the name of a portcullis resource as the database; your operator can tell you which ones you may use."}
 	if other, ok := fe.c.ResourceElsewhere(name); ok {
-		message = fmt.Sprintf("database %q is a %s resource: connect to it through portcullis's %[2]s listener", name, proxy.ProtocolName(other))
+		f.message, f.hint = fmt.Sprintf("database %q is a %s resource: connect to it through portcullis's %[2]s listener", name, proxy.ProtocolName(other)), ""
 	}
-	return config.Resource{}, &fatal{code: codeInvalidCatalog, message: message, reason: "unknown_resource"}
+	return config.Resource{}, f
 }
 
 // password asks for the password in the clear (the connection is

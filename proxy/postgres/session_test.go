@@ -156,6 +156,7 @@ func TestRefusals(t *testing.T) {
 		wantCodes []string
 		wantIn    []string // substrings of the message
 		wantOut   []string // must not appear in the message
+		wantHint  string   // a substring of the hint
 	}{
 		{name: "wrong session key", user: alice, password: wrongKey, database: "analytics", wantCodes: []string{"28P01"}},
 		{name: "alice's key as bob", user: bob, password: aliceKey, database: "analytics", wantCodes: []string{"28P01"}},
@@ -167,7 +168,8 @@ func TestRefusals(t *testing.T) {
 			wantIn: []string{"Microsoft Graph could not be reached"}},
 		{name: "disabled account", user: dave, password: daveKey, database: "analytics", before: func(t *testing.T) { setEnabled(t, dave, false) },
 			wantCodes: []string{"28000"}, wantIn: []string{"disabled"}},
-		{name: "unknown database", user: alice, password: aliceKey, database: "nosuchdb", wantCodes: []string{"3D000"}, wantIn: []string{"nosuchdb"}},
+		{name: "unknown database", user: alice, password: aliceKey, database: "nosuchdb", wantCodes: []string{"3D000"}, wantIn: []string{"nosuchdb"},
+			wantHint: "name of a portcullis resource"},
 		{name: "backend down", user: alice, password: aliceKey, database: "gone", wantCodes: []string{"08006"},
 			wantIn: []string{`"gone"`}, wantOut: []string{h.cfg.Resources[4].Address, "127.0.0.1", "refused"}},
 		{name: "backend certificate not trusted", user: alice, password: aliceKey, database: "wrong_ca", wantCodes: []string{"08006"},
@@ -204,6 +206,9 @@ func TestRefusals(t *testing.T) {
 				if !strings.Contains(pgErr.Message, s) {
 					t.Errorf("message %q does not contain %q", pgErr.Message, s)
 				}
+			}
+			if !strings.Contains(pgErr.Hint, tt.wantHint) {
+				t.Errorf("hint %q does not contain %q", pgErr.Hint, tt.wantHint)
 			}
 			for _, s := range tt.wantOut {
 				if strings.Contains(pgErr.Message+pgErr.Hint, s) {
@@ -661,4 +666,38 @@ func flipLast(key string) string {
 		return key[:len(key)-1] + "b"
 	}
 	return key[:len(key)-1] + "a"
+}
+
+// psql -l, DBeaver and pgAdmin ask for the database postgres when the
+// person names none; with no resource of that name, that is the
+// listener's default resource, as an empty database or the user's own
+// name is.
+func TestMaintenanceDatabaseMeansTheDefault(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	key := h.signIn(alice)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, database := range []string{"", alice, "postgres"} {
+		c, err := pgconn.ConnectConfig(ctx, h.config(alice, key, database))
+		if err != nil {
+			t.Fatalf("database %q: %v", database, err)
+		}
+		res, err := c.Exec(ctx, "select current_database(), current_user").ReadAll()
+		c.Close(ctx)
+		if err != nil {
+			t.Fatalf("database %q: %v", database, err)
+		}
+		if got := string(res[0].Rows[0][0]) + " " + string(res[0].Rows[0][1]); got != "analytics "+roleAnalyst.Name {
+			t.Errorf("database %q: connected to %s, want the default resource's analytics as %s", database, got, roleAnalyst.Name)
+		}
+	}
+	// psql -l itself.
+	run := h.psql(ctx, alice, "", map[string]string{"PGPASSWORD": key}, "")
+	run.cmd.Args = append(run.cmd.Args[:len(run.cmd.Args)-4], "-l")
+	if err := run.cmd.Run(); err != nil {
+		t.Fatalf("psql -l: %v\n%s", err, run.stderr.String())
+	}
+	if !strings.Contains(run.stdout.String(), "analytics|") {
+		t.Errorf("psql -l listed %q, want the default resource's server's databases", run.stdout.String())
+	}
 }
