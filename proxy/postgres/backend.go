@@ -93,8 +93,11 @@ func connectBackend(ctx context.Context, res config.Resource, creds auth.Backend
 		raw.Close()
 		return nil, fail(err)
 	}
+	// The cancel function lives as long as the session: it holds the
+	// key and the address, not the login's parameters.
+	address, pid, secret := res.Address, b.pid, b.secret
 	b.cancel = func(ctx context.Context) error {
-		return sendCancel(ctx, res.Address, tlsConfig, b.pid, b.secret)
+		return sendCancel(ctx, address, tlsConfig, pid, secret)
 	}
 	return b, nil
 }
