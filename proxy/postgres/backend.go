@@ -78,9 +78,9 @@ func connectBackend(ctx context.Context, res config.Resource, creds auth.Backend
 	b, err := login(ctx, conn, tlsConfig, res, creds, clientParams)
 	if !stop() {
 		// ctx ended the login, or ended it just as it succeeded: the
-		// deadline it set may land after any reset.
+		// deadline it set may land after any reset, so the connection
+		// goes either way.
 		if err == nil {
-			b.conn.Close()
 			err = ctx.Err()
 		} else {
 			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
@@ -127,9 +127,9 @@ func login(ctx context.Context, conn net.Conn, tlsConfig *tls.Config, res config
 			params[k] = v
 		}
 	}
-	// Clients speak 3.0 to portcullis, so the backend does too.
 	params["user"], params["database"] = creds.User, database
 	fe := pgproto3v5.NewFrontend(conn, conn)
+	// Clients speak 3.0 to portcullis, so the backend does too.
 	fe.Send(&pgproto3v5.StartupMessage{ProtocolVersion: pgproto3v5.ProtocolVersion30, Parameters: params})
 
 	b := &backend{params: map[string]string{}, auth: "trust"}
