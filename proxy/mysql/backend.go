@@ -64,12 +64,17 @@ type backendLogin struct {
 	collation uint8
 	attrs     map[string]string
 	sessionID string
+	// database, when set, is the database the client asked for, on the
+	// resource's server, in place of the resource's own.
+	database string
 }
 
 // connectBackend logs in to res's server as creds with the capabilities
 // the client agreed to, and takes the connection over.
 func connectBackend(ctx context.Context, res config.Resource, creds auth.BackendCredentials, login backendLogin) (*backend, error) {
-	fail := func(err error) error { return &backendError{resource: res.Name, user: creds.User, err: err} }
+	fail := func(err error) error {
+		return &backendError{resource: res.Name, user: creds.User, database: login.database, err: err}
+	}
 
 	tlsConfig, err := proxy.BackendTLS(res)
 	if err != nil {
@@ -79,7 +84,10 @@ func connectBackend(ctx context.Context, res config.Resource, creds auth.Backend
 	if creds.AccessToken != "" {
 		password = creds.AccessToken
 	}
-	database := res.Database
+	database := login.database
+	if database == "" {
+		database = res.Database
+	}
 	if database == "" {
 		database = res.Name
 	}

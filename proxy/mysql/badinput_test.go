@@ -48,7 +48,8 @@ const catCloseWithin = catHandshake + 13*time.Second
 // table; proxy/postgres has the PostgreSQL listener's).
 func TestBadInputCatalogue(t *testing.T) {
 	h := newHarness(t, harnessOptions{handshake: catHandshake})
-	plain := catPlainListener(t, h)
+	plain := catListener(t, h, config.Listener{Name: "mysql-plain", Protocol: config.ProtocolMySQL, TLS: config.ListenerTLSDisabled, DefaultResource: "app"})
+	bare := catListener(t, h, config.Listener{Name: "mysql-no-default", Protocol: config.ProtocolMySQL, TLS: config.ListenerTLSRequired})
 	aliceKey, err := catSignIn(t, h, aliceUPN, aliceUPN)
 	if err != nil {
 		t.Fatalf("alice's sign-in: %v", err)
@@ -57,7 +58,7 @@ func TestBadInputCatalogue(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bob's sign-in: %v", err)
 	}
-	cases := catCases(h, plain, aliceKey, bobKey)
+	cases := catCases(h, plain, bare, aliceKey, bobKey)
 	if len(cases) < 25 {
 		t.Fatalf("the MySQL catalogue has %d cases; it must keep at least 25", len(cases))
 	}
@@ -82,8 +83,9 @@ func TestBadInputCatalogue(t *testing.T) {
 	}, cases)
 }
 
-// catCases is the MySQL table. plain is a listener without TLS.
-func catCases(h *harness, plain, aliceKey, bobKey string) []hostile.Case {
+// catCases is the MySQL table. plain is a listener without TLS, bare one
+// without a default resource.
+func catCases(h *harness, plain, bare, aliceKey, bobKey string) []hostile.Case {
 	onMain := func(t *testing.T) *rawClient { return dialRaw(t, h.addr) }
 	header := func(n int, seq byte) []byte { return []byte{byte(n), byte(n >> 8), byte(n >> 16), seq} }
 	plainResponse := buildHandshakeResponse(rawCaps, aliceUPN, []byte("x"), "app", pluginCachingSHA2)
@@ -377,32 +379,39 @@ func catCases(h *harness, plain, aliceKey, bobKey string) []hostile.Case {
 		}},
 
 		// Resources.
-		{Name: "unknown database", Run: func(t *testing.T) {
-			r := onMain(t)
+		{Name: "unknown database, no default resource", Run: func(t *testing.T) {
+			r := dialRaw(t, bare)
 			p := r.login(h.tlsCfg, aliceUPN, aliceKey, "no_such_db")
 			if code, _, msg := errOf(p); code != gomysql.ER_BAD_DB_ERROR || !strings.Contains(msg, "no_such_db") {
 				t.Fatalf("got ERR %d %q, want 1049 naming the database", code, msg)
 			}
 			catSilentClose(t, r)
 		}},
+		{Name: "unknown database, refused by the default resource's server", Run: func(t *testing.T) {
+			r := onMain(t)
+			p := r.login(h.tlsCfg, aliceUPN, aliceKey, "no_such_db")
+			code, _, msg := errOf(p)
+			if code != gomysql.ER_DBACCESS_DENIED_ERROR || !strings.Contains(msg, "'no_such_db'") || !strings.Contains(msg, "no resource named") {
+				t.Fatalf("got ERR %d %q, want MariaDB's 1044 for the database, saying no resource has its name", code, msg)
+			}
+			catSilentClose(t, r)
+		}},
 	}
 }
 
-// catPlainListener serves a second listener of the harness's portcullis
-// with TLS disabled.
-func catPlainListener(t *testing.T, h *harness) string {
+// catListener serves l as one more listener of the harness's portcullis.
+func catListener(t *testing.T, h *harness, l config.Listener) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := config.Listener{Name: "mysql-plain", Protocol: config.ProtocolMySQL, TLS: config.ListenerTLSDisabled, DefaultResource: "app"}
 	served := make(chan error, 1)
 	go func() { served <- h.srv.Serve(context.Background(), ln, l) }()
 	t.Cleanup(func() {
 		ln.Close()
 		if err := <-served; err != nil {
-			t.Errorf("Serve(mysql-plain): %v", err)
+			t.Errorf("Serve(%s): %v", l.Name, err)
 		}
 	})
 	return ln.Addr().String()

@@ -253,3 +253,29 @@ func TestCLISessionKeyShownWhenTheBackendFails(t *testing.T) {
 		t.Error("the key shown led to a new device code")
 	}
 }
+
+// The mariadb command line reconnects (`connect`, `\r`, or after losing
+// the server) asking for the database it last switched to with USE. That
+// name is no resource: it is a database on the listener's default
+// resource, and the session after the reconnect is there, as the mapped
+// user.
+func TestCLIReconnectsAfterUse(t *testing.T) {
+	h := newHarness(t, harnessOptions{grace: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	if _, err := h.cliSigningIn(ctx, "app", "SELECT 1", &stdout, &stderr); err != nil {
+		t.Fatalf("mariadb, signing in: %v: %s", err, stderr.String())
+	}
+	before := len(h.events("session.started"))
+	out, err := h.cli(ctx, aliceUPN, "anything", "USE information_schema; connect; SELECT DATABASE(), CURRENT_USER()").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mariadb: %v: %s", err, out)
+	}
+	if got, want := strings.TrimSpace(string(out)), "information_schema\t"+userNative.Name+"@%"; got != want {
+		t.Errorf("after the reconnect: %q, want %q", got, want)
+	}
+	if n := len(h.events("session.started")) - before; n != 2 {
+		t.Errorf("%d sessions started, want 2 (the first connection and the reconnect)", n)
+	}
+}

@@ -31,8 +31,14 @@
 //     without TLS (an empty password, or a listener that requires TLS) is
 //     refused with 1045 telling it to connect with --ssl.
 //  3. Resource. The database in the handshake names the resource; none
-//     means the listener's default_resource; an unknown one is 1049
-//     (42000). The backend database is the resource's.
+//     means the listener's default_resource, and the backend database is
+//     the resource's. Where the listener has a default, any other name is
+//     a database on the default resource's server (the mariadb command
+//     line reconnects asking for the database it last switched to with
+//     USE), which that server's grants allow or refuse (1044, 1049, with
+//     a note that no resource has the name). Without a default, an
+//     unknown name is 1049 (42000), as is a name of the other protocol's
+//     resource.
 //  4. Password. A client on caching_sha2_password is told to perform full
 //     authentication and sends the password in the clear over TLS, which
 //     stock clients do without any cleartext option. A client that answered

@@ -70,6 +70,7 @@ var (
 type backendError struct {
 	resource string
 	user     string
+	database string // asked for by the client in place of the resource's
 	err      error
 }
 
@@ -195,7 +196,11 @@ func backendRefusal(e *backendError, sessionID string) *refusal {
 				err:     e,
 			}
 		}
-		return &refusal{code: my.Code, state: my.State, message: fmt.Sprintf("resource %q: %s", e.resource, my.Message), err: e}
+		msg := fmt.Sprintf("resource %q: %s", e.resource, my.Message)
+		if e.database != "" && (my.Code == gomysql.ER_BAD_DB_ERROR || my.Code == gomysql.ER_DBACCESS_DENIED_ERROR) {
+			msg += fmt.Sprintf(" (portcullis has no resource named '%s', so it asked for a database of that name on the default resource)", e.database)
+		}
+		return &refusal{code: my.Code, state: my.State, message: msg, err: e}
 	}
 	var r *refusal
 	if errors.As(e.err, &r) {

@@ -172,25 +172,38 @@ func (fe *frontend) startTLS() error {
 }
 
 // resource picks the resource named as the database, or the listener's
-// default when none is named.
-func (fe *frontend) resource() (config.Resource, error) {
+// default when none is named. Where the listener has a default, any other
+// name is a database on the default resource's server, returned as
+// database: the mariadb command line reconnects (`connect`, `\r`, or
+// after losing the server) asking for the database it last switched to
+// with USE, which the person chose on that server, not among
+// portcullis's resources. The server's own grants decide whether they
+// may use it, as they did for the USE.
+func (fe *frontend) resource() (res config.Resource, database string, err error) {
 	name := fe.hs.database
+	def := fe.c.Listener().DefaultResource
 	if name == "" {
-		name = fe.c.Listener().DefaultResource
+		name = def
 	}
 	if name != "" {
 		if res, ok := fe.c.Resource(name); ok {
-			return res, nil
+			return res, "", nil
+		}
+	}
+	other, elsewhere := fe.c.ResourceElsewhere(name)
+	if def != "" && !elsewhere {
+		if res, ok := fe.c.Resource(def); ok {
+			return res, name, nil
 		}
 	}
 	msg := fmt.Sprintf("Unknown database '%s': portcullis has no resource by that name", name)
-	if other, ok := fe.c.ResourceElsewhere(name); ok {
+	if elsewhere {
 		msg = fmt.Sprintf("Unknown database '%s': it is a %s resource; connect to it through portcullis's %[2]s listener", name, proxy.ProtocolName(other))
 	}
 	if name == "" {
 		msg = "No database selected: name the resource to connect to as the database"
 	}
-	return config.Resource{}, &refusal{code: gomysql.ER_BAD_DB_ERROR, state: stateSyntaxAccess, message: msg, reason: "unknown_resource"}
+	return config.Resource{}, "", &refusal{code: gomysql.ER_BAD_DB_ERROR, state: stateSyntaxAccess, message: msg, reason: "unknown_resource"}
 }
 
 // password obtains the password in the clear, over TLS: from

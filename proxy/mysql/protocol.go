@@ -87,7 +87,7 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	if err := fe.readHandshake(); err != nil {
 		return fe.fail(ctx, err)
 	}
-	res, err := fe.resource()
+	res, database, err := fe.resource()
 	if err != nil {
 		return fe.fail(ctx, err)
 	}
@@ -108,7 +108,7 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	}
 
 	// 4. Log in to the backend before telling the client anything more.
-	be, err := connectBackend(ctx, res, dec.Backend, backendLogin{caps: fe.caps, collation: fe.hs.collation, attrs: fe.hs.attrs, sessionID: c.ID()})
+	be, err := connectBackend(ctx, res, dec.Backend, backendLogin{caps: fe.caps, collation: fe.hs.collation, attrs: fe.hs.attrs, sessionID: c.ID(), database: database})
 	if err != nil {
 		c.BackendFailed(err)
 		fe.keepSessionKey(dec)

@@ -411,7 +411,7 @@ func TestRefusals(t *testing.T) {
 		wantIn   []string
 		wantOut  []string
 	}{
-		{name: "unknown resource", user: aliceUPN, database: "nope", wantCode: gomysql.ER_BAD_DB_ERROR, wantIn: []string{"nope"}},
+		{name: "a database the default resource's server refuses", user: aliceUPN, database: "nope", wantCode: gomysql.ER_DBACCESS_DENIED_ERROR, wantIn: []string{"'nope'", "no resource named"}},
 		{name: "backend unreachable", user: aliceUPN, database: "gone", wantCode: gomysql.ER_CONNECT_TO_FOREIGN_DATA_SOURCE, wantIn: []string{`"gone"`}, wantOut: []string{"127.0.0.1"}},
 		{name: "backend certificate not trusted", user: aliceUPN, database: "wrong_ca", wantCode: gomysql.ER_CONNECT_TO_FOREIGN_DATA_SOURCE, wantIn: []string{`"wrong_ca"`}},
 		{name: "not in an allowed group", user: carolUPN, database: "app", approve: carolUPN, wantCode: gomysql.ER_DBACCESS_DENIED_ERROR},
