@@ -520,40 +520,48 @@ const promptReminder = time.Minute
 // remind repeats where to sign in, every fe.reminder until stop returns:
 // a person who looked away sees the code again and how long is left, and
 // a firewall does not drop the connection as idle during a long wait.
-// shown is the prompt last shown.
+// shown is the prompt last shown. It runs on a timer, not a goroutine of
+// its own: a sign-in waits minutes, and a burst of them would each park
+// a stack for nothing. Once stop has returned, no reminder is written.
 func (fe *frontend) remind(shown *atomic.Pointer[auth.DeviceCodePrompt], cancel context.CancelCauseFunc) (stop func()) {
-	quit, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(fe.reminder)
-		defer tick.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-tick.C:
-			}
-			p := shown.Load()
-			left := time.Until(p.ExpiresAt)
-			if left <= 0 {
-				continue // the decision ends with the code
-			}
-			in := "less than a minute"
-			if left >= time.Minute {
-				in = left.Round(time.Minute).String()
-			}
-			msg := fmt.Sprintf("Still waiting for you to sign in: open %s and enter the code %s (it expires at %s, in %s).",
-				p.VerificationURL, p.UserCode, clock(p.ExpiresAt), in)
-			if err := fe.write(appendNotice(nil, msg)); err != nil {
+	var (
+		mu      sync.Mutex // held while a reminder is written
+		stopped bool
+		timer   *time.Timer
+	)
+	mu.Lock()
+	defer mu.Unlock()
+	timer = time.AfterFunc(fe.reminder, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if p := shown.Load(); time.Until(p.ExpiresAt) > 0 { // else the decision ends with the code
+			if err := fe.write(appendNotice(nil, reminderText(p))); err != nil {
 				cancel(errClientGone)
 				return
 			}
 		}
-	}()
+		timer.Reset(fe.reminder)
+	})
 	return func() {
-		close(quit)
-		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		timer.Stop()
 	}
+}
+
+// reminderText is a reminder of prompt p, with the time it has left.
+func reminderText(p *auth.DeviceCodePrompt) string {
+	left := time.Until(p.ExpiresAt)
+	in := "less than a minute"
+	if left >= time.Minute {
+		in = left.Round(time.Minute).String()
+	}
+	return fmt.Sprintf("Still waiting for you to sign in: open %s and enter the code %s (it expires at %s, in %s).",
+		p.VerificationURL, p.UserCode, clock(p.ExpiresAt), in)
 }
 
 // watchHangup cancels the wait for a decision if the client goes away:
