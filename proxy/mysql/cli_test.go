@@ -70,6 +70,21 @@ func (h *harness) cliSigningIn(ctx context.Context, resource, sql string, stdout
 	return code, cmd.Wait()
 }
 
+// cliSignedIn is a harness where alice has signed in once through the
+// command line's dialog, and the address grace lets her in again without
+// a prompt, with the context for the test's commands.
+func cliSignedIn(t *testing.T) (*harness, context.Context) {
+	t.Helper()
+	h := newHarness(t, harnessOptions{grace: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	t.Cleanup(cancel)
+	var stdout, stderr bytes.Buffer
+	if _, err := h.cliSigningIn(ctx, "app", "SELECT 1", &stdout, &stderr); err != nil {
+		t.Fatalf("mariadb, signing in: %v: %s", err, stderr.String())
+	}
+	return h, ctx
+}
+
 var cliCode = regexp.MustCompile(`enter the code (\S+),`)
 
 // Retry mode in the mariadb command line: the ERR carries the URL and
@@ -187,16 +202,7 @@ func TestCLIDialogAndSessionKey(t *testing.T) {
 // close. Every such session ends as the client's close, with no error
 // (no relay_error counted for an ordinary exit).
 func TestCLIQuitIsAClientClose(t *testing.T) {
-	h := newHarness(t, harnessOptions{grace: time.Hour})
-	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
-	defer cancel()
-
-	// Signed in once (dialog), then the address grace lets the same
-	// person in again without a prompt.
-	var stdout, stderr bytes.Buffer
-	if _, err := h.cliSigningIn(ctx, "app", "SELECT 1", &stdout, &stderr); err != nil {
-		t.Fatalf("mariadb, signing in: %v: %s", err, stderr.String())
-	}
+	h, ctx := cliSignedIn(t)
 	const runs = 12
 	for range runs {
 		if out, err := h.cli(ctx, aliceUPN, "anything", "SELECT 1").CombinedOutput(); err != nil {
@@ -260,13 +266,7 @@ func TestCLISessionKeyShownWhenTheBackendFails(t *testing.T) {
 // resource, and the session after the reconnect is there, as the mapped
 // user.
 func TestCLIReconnectsAfterUse(t *testing.T) {
-	h := newHarness(t, harnessOptions{grace: time.Hour})
-	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	if _, err := h.cliSigningIn(ctx, "app", "SELECT 1", &stdout, &stderr); err != nil {
-		t.Fatalf("mariadb, signing in: %v: %s", err, stderr.String())
-	}
+	h, ctx := cliSignedIn(t)
 	before := len(h.events("session.started"))
 	out, err := h.cli(ctx, aliceUPN, "anything", "USE information_schema; connect; SELECT DATABASE(), CURRENT_USER()").CombinedOutput()
 	if err != nil {
