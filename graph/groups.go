@@ -87,12 +87,12 @@ func (c *Client) TransitiveGroups(ctx context.Context, s Subject) ([]Group, erro
 		return nil, fmt.Errorf("graph: %s: unsupported subject", op)
 	}
 	key := s.Kind.String() + "\x00" + strings.ToLower(s.ID)
-	if g, ok := c.cached(key); ok {
-		return g, nil
-	}
 	groups, err := share(c, c.flights, ctx, key, func(ctx context.Context) ([]Group, error) {
 		return c.walkGroups(ctx, op, path, tokens, s)
-	}, func(groups []Group) { c.storeLocked(key, groups) })
+	}, &shareCache[[]Group]{
+		lookup: func() ([]Group, bool) { return c.cachedLocked(key) },
+		keep:   func(groups []Group) { c.storeLocked(key, groups) },
+	})
 	if err != nil {
 		if ctx.Err() != nil && !IsUnavailable(err) {
 			err = &UnavailableError{Op: op, Err: err}
@@ -112,14 +112,30 @@ type flight[T any] struct {
 	cancel  context.CancelFunc
 }
 
+// shareCache is how share consults and fills a cache, both under c.mu.
+type shareCache[T any] struct {
+	// lookup answers from the cache, if it can.
+	lookup func() (T, bool)
+	// keep is given a successful result, unless the flight was forgotten
+	// meanwhile.
+	keep func(T)
+}
+
 // share runs fetch once for all concurrent callers of key in flights.
 // The fetch runs detached from the context of the caller who started it,
 // so one caller giving up does not fail the others; when the last one
-// gives up the fetch is cancelled. keep, if set, is given a successful
-// result under c.mu (to cache it), unless the flight was forgotten
-// meanwhile. The result is shared: callers copy what they would change.
-func share[T any](c *Client, flights map[string]*flight[T], ctx context.Context, key string, fetch func(context.Context) (T, error), keep func(T)) (T, error) {
+// gives up the fetch is cancelled. With a cache, share looks in it under
+// the same lock that a finishing flight fills it under, so a caller that
+// arrives just after a flight ends takes its result rather than starting
+// another. The result is shared: callers copy what they would change.
+func share[T any](c *Client, flights map[string]*flight[T], ctx context.Context, key string, fetch func(context.Context) (T, error), cache *shareCache[T]) (T, error) {
 	c.mu.Lock()
+	if cache != nil {
+		if v, ok := cache.lookup(); ok {
+			c.mu.Unlock()
+			return v, nil
+		}
+	}
 	f, ok := flights[key]
 	if !ok {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), walkTimeout)
@@ -134,8 +150,8 @@ func share[T any](c *Client, flights map[string]*flight[T], ctx context.Context,
 			// refill the cache.
 			if flights[key] == f {
 				delete(flights, key)
-				if err == nil && keep != nil {
-					keep(val)
+				if err == nil && cache != nil {
+					cache.keep(val)
 				}
 			}
 			c.mu.Unlock()
@@ -173,17 +189,17 @@ func (c *Client) Forget(s Subject) {
 	c.mu.Unlock()
 }
 
-func (c *Client) cached(key string) ([]Group, bool) {
+// cachedLocked is the unexpired cache entry under key; the caller holds
+// c.mu. The slice is the cache's own.
+func (c *Client) cachedLocked(key string) ([]Group, bool) {
 	if c.ttl == 0 {
 		return nil, false
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	e, ok := c.cache[key]
 	if !ok || !c.now().Before(e.expires) {
 		return nil, false
 	}
-	return slices.Clone(e.groups), true
+	return e.groups, true
 }
 
 // storeLocked caches groups under key; the caller holds c.mu.
