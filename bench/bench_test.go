@@ -142,6 +142,46 @@ func TestMedianAndRatio(t *testing.T) {
 	}
 }
 
+// The comparison with HAProxy is taken round by round, and a round in
+// which either failed is left out of it.
+func TestVersus(t *testing.T) {
+	w := workloads[0]
+	pg := &endpoint{}
+	direct := &peer{id: "direct", title: "direct", pg: pg}
+	haproxy := &peer{id: "haproxy", title: "HAProxy", pg: pg}
+	pc := &peer{id: "portcullis", title: "portcullis", pg: pg}
+	r := newResults([]workload{w}, []*peer{direct, haproxy, pc})
+	for _, round := range []struct {
+		d, h, p float64
+		err     error
+	}{
+		{d: 1000, h: 700, p: 770},
+		{d: 2000, h: 800, p: 720},
+		{d: 1000, h: 500, p: 600},
+		{d: 1000, h: 900, p: 0, err: errors.New("pgbench failed")},
+	} {
+		r.add(w, direct, round.d, nil)
+		r.add(w, haproxy, round.h, nil)
+		r.add(w, pc, round.p, round.err)
+	}
+	ratio, ahead, rounds := r.versus(w, "portcullis", "haproxy")
+	if math.Abs(ratio-1.1) > 1e-9 || ahead != 2 || rounds != 3 {
+		t.Errorf("versus = %.3f, %d of %d; want 1.100, 2 of 3", ratio, ahead, rounds)
+	}
+
+	var b bytes.Buffer
+	r.writeVersus(&b)
+	if want := "| " + w.title + " | 1.10 (2 of 3) |"; !strings.Contains(b.String(), want) {
+		t.Errorf("table lacks %q:\n%s", want, b.String())
+	}
+	// Without HAProxy among the peers there is nothing to compare with.
+	b.Reset()
+	newResults([]workload{w}, []*peer{direct, pc}).writeVersus(&b)
+	if b.Len() != 0 {
+		t.Errorf("without HAProxy: %q, want nothing", b.String())
+	}
+}
+
 func TestTableRoundTrip(t *testing.T) {
 	pg := &endpoint{}
 	direct := &peer{id: "direct", title: "direct", pg: pg, noMy: "MariaDB not started"}

@@ -266,6 +266,8 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	fmt.Fprintln(stdout)
 	res.writeCPUTable(stdout)
 	fmt.Fprintln(stdout)
+	res.writeVersus(stdout)
+	fmt.Fprintln(stdout)
 	res.writeRounds(stdout)
 	fmt.Fprintln(stdout)
 

@@ -124,6 +124,69 @@ func (r *results) ratio(w workload, p *peer) float64 {
 	return median(ratios)
 }
 
+// versus compares peer p with peer q round by round: the median over
+// rounds of p's throughput over q's in the same round, and in how many
+// of the rounds where both ran p was at least level with q. Two relays
+// measured minutes apart share the host's drift, so this moves less than
+// the difference of their ratios to direct, each of which also carries
+// the noise of that round's one direct run.
+func (r *results) versus(w workload, p, q string) (ratio float64, ahead, rounds int) {
+	mine, theirs := r.tps[w.id][p], r.tps[w.id][q]
+	var ratios []float64
+	for i := range min(len(mine), len(theirs)) {
+		if !(mine[i] > 0) || !(theirs[i] > 0) {
+			continue
+		}
+		rounds++
+		if mine[i] >= theirs[i] {
+			ahead++
+		}
+		ratios = append(ratios, mine[i]/theirs[i])
+	}
+	return median(ratios), ahead, rounds
+}
+
+// writeVersus prints, for each portcullis peer, its throughput against
+// HAProxy's in the same round: the comparison the targets are set in.
+func (r *results) writeVersus(w io.Writer) {
+	const ref = "haproxy"
+	var cols []*peer
+	hasRef := false
+	for _, p := range r.peers {
+		switch {
+		case p.id == ref:
+			hasRef = true
+		case strings.HasPrefix(p.id, "portcullis") || strings.HasPrefix(p.id, "variant-"):
+			cols = append(cols, p)
+		}
+	}
+	if !hasRef || len(cols) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Against HAProxy in the same round: median of portcullis tps ÷ HAProxy tps (rounds at least level, of rounds):")
+	fmt.Fprintln(w)
+	fmt.Fprint(w, "| workload |")
+	for _, p := range cols {
+		fmt.Fprintf(w, " %s |", p.title)
+	}
+	fmt.Fprint(w, "\n|---|")
+	for range cols {
+		fmt.Fprint(w, "---:|")
+	}
+	fmt.Fprintln(w)
+	for _, wl := range r.workloads {
+		fmt.Fprintf(w, "| %s |", wl.title)
+		for _, p := range cols {
+			if m, ahead, n := r.versus(wl, p.id, ref); n > 0 {
+				fmt.Fprintf(w, " %.2f (%d of %d) |", m, ahead, n)
+			} else {
+				fmt.Fprint(w, " — |")
+			}
+		}
+		fmt.Fprintln(w)
+	}
+}
+
 // writeTable prints the throughput table in Markdown: median tps and, in
 // parentheses, the ratio to direct.
 func (r *results) writeTable(w io.Writer, d time.Duration, rounds int) {
