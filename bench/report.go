@@ -66,7 +66,18 @@ func (r *results) writeCPUTable(w io.Writer) {
 	if len(cols) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "The relay process per transaction: CPU µs / context switches (medians; all its threads, from /proc/PID/task/*/{schedstat,status}):")
+	writeGrid(w, "The relay process per transaction: CPU µs / context switches (medians; all its threads, from /proc/PID/task/*/{schedstat,status}):", r.workloads, cols, func(wl workload, p *peer) string {
+		if m := median(r.cpu[wl.id][p.id]); !math.IsNaN(m) {
+			return fmt.Sprintf("%.1f / %.2f", m, median(r.switches[wl.id][p.id]))
+		}
+		return "—"
+	})
+}
+
+// writeGrid prints a Markdown table under heading: a row per workload, a
+// column per peer, each cell from cell.
+func writeGrid(w io.Writer, heading string, rows []workload, cols []*peer, cell func(workload, *peer) string) {
+	fmt.Fprintln(w, heading)
 	fmt.Fprintln(w)
 	fmt.Fprint(w, "| workload |")
 	for _, p := range cols {
@@ -77,14 +88,10 @@ func (r *results) writeCPUTable(w io.Writer) {
 		fmt.Fprint(w, "---:|")
 	}
 	fmt.Fprintln(w)
-	for _, wl := range r.workloads {
+	for _, wl := range rows {
 		fmt.Fprintf(w, "| %s |", wl.title)
 		for _, p := range cols {
-			if m := median(r.cpu[wl.id][p.id]); !math.IsNaN(m) {
-				fmt.Fprintf(w, " %.1f / %.2f |", m, median(r.switches[wl.id][p.id]))
-			} else {
-				fmt.Fprint(w, " — |")
-			}
+			fmt.Fprintf(w, " %s |", cell(wl, p))
 		}
 		fmt.Fprintln(w)
 	}
@@ -163,50 +170,19 @@ func (r *results) writeVersus(w io.Writer) {
 	if !hasRef || len(cols) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "Against HAProxy in the same round: median of portcullis tps ÷ HAProxy tps (rounds at least level, of rounds):")
-	fmt.Fprintln(w)
-	fmt.Fprint(w, "| workload |")
-	for _, p := range cols {
-		fmt.Fprintf(w, " %s |", p.title)
-	}
-	fmt.Fprint(w, "\n|---|")
-	for range cols {
-		fmt.Fprint(w, "---:|")
-	}
-	fmt.Fprintln(w)
-	for _, wl := range r.workloads {
-		fmt.Fprintf(w, "| %s |", wl.title)
-		for _, p := range cols {
-			if m, ahead, n := r.versus(wl, p.id, ref); n > 0 {
-				fmt.Fprintf(w, " %.2f (%d of %d) |", m, ahead, n)
-			} else {
-				fmt.Fprint(w, " — |")
-			}
+	writeGrid(w, "Against HAProxy in the same round: median of portcullis tps ÷ HAProxy tps (rounds at least level, of rounds):", r.workloads, cols, func(wl workload, p *peer) string {
+		if m, ahead, n := r.versus(wl, p.id, ref); n > 0 {
+			return fmt.Sprintf("%.2f (%d of %d)", m, ahead, n)
 		}
-		fmt.Fprintln(w)
-	}
+		return "—"
+	})
 }
 
 // writeTable prints the throughput table in Markdown: median tps and, in
 // parentheses, the ratio to direct.
 func (r *results) writeTable(w io.Writer, d time.Duration, rounds int) {
-	fmt.Fprintf(w, "Throughput in transactions/s, median of %d rounds of %s; (ratio to direct: median of the per-round ratios)\n\n", rounds, d)
-	fmt.Fprint(w, "| workload |")
-	for _, p := range r.peers {
-		fmt.Fprintf(w, " %s |", p.title)
-	}
-	fmt.Fprint(w, "\n|---|")
-	for range r.peers {
-		fmt.Fprint(w, "---:|")
-	}
-	fmt.Fprintln(w)
-	for _, wl := range r.workloads {
-		fmt.Fprintf(w, "| %s |", wl.title)
-		for _, p := range r.peers {
-			fmt.Fprintf(w, " %s |", r.cell(wl, p))
-		}
-		fmt.Fprintln(w)
-	}
+	heading := fmt.Sprintf("Throughput in transactions/s, median of %d rounds of %s; (ratio to direct: median of the per-round ratios)", rounds, d)
+	writeGrid(w, heading, r.workloads, r.peers, r.cell)
 }
 
 func (r *results) cell(wl workload, p *peer) string {
