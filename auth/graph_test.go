@@ -5,6 +5,7 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -277,5 +278,35 @@ func TestCAFileTrust(t *testing.T) {
 	}
 	if _, err := b.Decide(context.Background(), tokenRequest(aliceUPN, "sales", token)); err != nil {
 		t.Fatalf("Decide with ca_file: %v", err)
+	}
+}
+
+// TestAccountLookupsShared: callers asking for one account's state at
+// once cost one Graph lookup between them, including a caller that
+// arrives just as the lookup ends: it takes the remembered answer rather
+// than asking again. Many rounds, since that moment is brief.
+func TestAccountLookupsShared(t *testing.T) {
+	e := newEnv(t)
+	g := quickGraph(t, e.sim)
+	g.AccountTTL = time.Hour
+	ctx := testContext(t)
+	who := GroupSubject{Kind: KindUser, ObjectID: aliceUPN}
+	const rounds, callers = 200, 20
+	before := e.sim.Requests(entrasim.EndpointGraph)
+	for range rounds {
+		var wg sync.WaitGroup
+		for range callers {
+			wg.Go(func() {
+				enabled, err := g.AccountEnabled(ctx, Identity{Kind: who.Kind, ObjectID: who.ObjectID})
+				if err != nil || !enabled {
+					t.Errorf("AccountEnabled = %v, %v; want true", enabled, err)
+				}
+			})
+		}
+		wg.Wait()
+		g.ForgetGroups(who)
+	}
+	if got := e.sim.Requests(entrasim.EndpointGraph) - before; got != rounds {
+		t.Errorf("%d rounds of %d concurrent callers cost %d Graph lookups, want %d", rounds, callers, got, rounds)
 	}
 }

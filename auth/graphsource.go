@@ -97,7 +97,19 @@ type GraphGroups struct {
 
 	mu       sync.Mutex
 	accounts map[string]accountState
-	now      func() time.Time // time.Now; tests may stop the clock
+	lookups  map[string]*accountLookup // in flight, by account key
+	now      func() time.Time          // time.Now; tests may stop the clock
+}
+
+// accountLookup is one Graph lookup of an account, shared by every
+// caller that asks while it runs.
+type accountLookup struct {
+	done    chan struct{}
+	enabled bool
+	err     error
+	// retry: the caller that ran it gave up (its context ended), so the
+	// outcome says nothing about the account.
+	retry bool
 }
 
 // accountState is an account's answer from Graph and when it came.
@@ -187,31 +199,71 @@ func (g *GraphGroups) ServicePrincipalByName(ctx context.Context, displayName st
 // a session key costs Graph one lookup per TTL rather than one per
 // connection (and waits for none): the same bound as the group cache puts
 // on how late a change in the directory is seen by new connections. A
-// failed lookup is never remembered.
+// failed lookup is never remembered. Callers asking about one account at
+// once share a single lookup.
 func (g *GraphGroups) AccountEnabled(ctx context.Context, id Identity) (bool, error) {
 	if !g.AppOnly {
 		return true, nil
 	}
 	key := accountKey(id.Kind, id.ObjectID)
-	if enabled, ok := g.cachedAccount(key); ok {
-		return enabled, nil
+	for {
+		// The cache is looked at under the lock a finishing lookup fills
+		// it under, so a caller arriving as one ends takes its answer.
+		g.mu.Lock()
+		if enabled, ok := g.cachedAccountLocked(key); ok {
+			g.mu.Unlock()
+			return enabled, nil
+		}
+		if f, ok := g.lookups[key]; ok {
+			g.mu.Unlock()
+			select {
+			case <-f.done:
+			case <-ctx.Done():
+				// As the lookup itself reports a wait cut short.
+				return false, classifyGraphError(&graph.UnavailableError{Op: "look up the account of " + id.Name(), Err: ctx.Err()})
+			}
+			if f.retry {
+				continue
+			}
+			return f.enabled, f.err
+		}
+		f := &accountLookup{done: make(chan struct{})}
+		if g.lookups == nil {
+			g.lookups = map[string]*accountLookup{}
+		}
+		g.lookups[key] = f
+		g.mu.Unlock()
+
+		enabled, err := g.lookupAccount(ctx, id)
+		g.mu.Lock()
+		// A lookup that forgetAccount dropped meanwhile is not remembered.
+		if g.lookups[key] == f {
+			delete(g.lookups, key)
+			if err == nil {
+				g.rememberLocked(key, enabled)
+			}
+		}
+		f.enabled, f.err, f.retry = enabled, err, err != nil && ctx.Err() != nil
+		g.mu.Unlock()
+		close(f.done)
+		return enabled, err
 	}
-	var enabled bool
+}
+
+// lookupAccount asks Graph whether the account is enabled.
+func (g *GraphGroups) lookupAccount(ctx context.Context, id Identity) (bool, error) {
 	if id.Kind == KindServicePrincipal {
 		sp, err := g.Client.ServicePrincipalByAppID(ctx, id.AppID)
 		if err != nil {
 			return false, classifyGraphError(err)
 		}
-		enabled = sp.AccountEnabled
-	} else {
-		u, err := g.Client.User(ctx, id.ObjectID)
-		if err != nil {
-			return false, classifyGraphError(err)
-		}
-		enabled = u.AccountEnabled
+		return sp.AccountEnabled, nil
 	}
-	g.rememberAccount(key, enabled)
-	return enabled, nil
+	u, err := g.Client.User(ctx, id.ObjectID)
+	if err != nil {
+		return false, classifyGraphError(err)
+	}
+	return u.AccountEnabled, nil
 }
 
 func accountKey(kind Kind, objectID string) string {
@@ -225,12 +277,12 @@ func (g *GraphGroups) clock() time.Time {
 	return time.Now()
 }
 
-func (g *GraphGroups) cachedAccount(key string) (enabled, ok bool) {
+// cachedAccountLocked is the remembered state of the account under key,
+// if it is recent enough; the caller holds g.mu.
+func (g *GraphGroups) cachedAccountLocked(key string) (enabled, ok bool) {
 	if g.AccountTTL <= 0 {
 		return false, false
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	st, ok := g.accounts[key]
 	if !ok || g.clock().Sub(st.at) >= g.AccountTTL {
 		return false, false
@@ -238,12 +290,11 @@ func (g *GraphGroups) cachedAccount(key string) (enabled, ok bool) {
 	return st.enabled, true
 }
 
-func (g *GraphGroups) rememberAccount(key string, enabled bool) {
+// rememberLocked remembers the account's state; the caller holds g.mu.
+func (g *GraphGroups) rememberLocked(key string, enabled bool) {
 	if g.AccountTTL <= 0 {
 		return
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.accounts == nil {
 		g.accounts = map[string]accountState{}
 	}
@@ -264,9 +315,13 @@ const maxRememberedAccounts = 4096
 
 // forgetAccount drops what is remembered of an account.
 func (g *GraphGroups) forgetAccount(kind Kind, objectID string) {
+	key := accountKey(kind, objectID)
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	delete(g.accounts, accountKey(kind, objectID))
+	delete(g.accounts, key)
+	// A lookup still running may have read the directory before the
+	// change that this forgetting is for: later callers ask afresh.
+	delete(g.lookups, key)
 }
 
 // classifyGraphError marks graph's typed errors with this package's
