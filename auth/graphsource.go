@@ -97,19 +97,8 @@ type GraphGroups struct {
 
 	mu       sync.Mutex
 	accounts map[string]accountState
-	lookups  map[string]*accountLookup // in flight, by account key
-	now      func() time.Time          // time.Now; tests may stop the clock
-}
-
-// accountLookup is one Graph lookup of an account, shared by every
-// caller that asks while it runs.
-type accountLookup struct {
-	done    chan struct{}
-	enabled bool
-	err     error
-	// retry: the caller that ran it gave up (its context ended), so the
-	// outcome says nothing about the account.
-	retry bool
+	lookups  sharedCalls[string, bool]
+	now      func() time.Time // time.Now; tests may stop the clock
 }
 
 // accountState is an account's answer from Graph and when it came.
@@ -206,48 +195,16 @@ func (g *GraphGroups) AccountEnabled(ctx context.Context, id Identity) (bool, er
 		return true, nil
 	}
 	key := accountKey(id.Kind, id.ObjectID)
-	for {
-		// The cache is looked at under the lock a finishing lookup fills
-		// it under, so a caller arriving as one ends takes its answer.
-		g.mu.Lock()
-		if enabled, ok := g.cachedAccountLocked(key); ok {
-			g.mu.Unlock()
-			return enabled, nil
-		}
-		if f, ok := g.lookups[key]; ok {
-			g.mu.Unlock()
-			select {
-			case <-f.done:
-			case <-ctx.Done():
-				// As the lookup itself reports a wait cut short.
-				return false, classifyGraphError(&graph.UnavailableError{Op: "look up the account of " + id.Name(), Err: ctx.Err()})
-			}
-			if f.retry {
-				continue
-			}
-			return f.enabled, f.err
-		}
-		f := &accountLookup{done: make(chan struct{})}
-		if g.lookups == nil {
-			g.lookups = map[string]*accountLookup{}
-		}
-		g.lookups[key] = f
-		g.mu.Unlock()
-
-		enabled, err := g.lookupAccount(ctx, id)
-		g.mu.Lock()
-		// A lookup that forgetAccount dropped meanwhile is not remembered.
-		if g.lookups[key] == f {
-			delete(g.lookups, key)
-			if err == nil {
-				g.rememberLocked(key, enabled)
-			}
-		}
-		f.enabled, f.err, f.retry = enabled, err, err != nil && ctx.Err() != nil
-		g.mu.Unlock()
-		close(f.done)
-		return enabled, err
+	enabled, err := g.lookups.do(ctx, &g.mu, key,
+		func() (bool, bool) { return g.cachedAccountLocked(key) },
+		func() (bool, error) { return g.lookupAccount(ctx, id) },
+		func(enabled bool) bool { g.rememberLocked(key, enabled); return enabled })
+	if err != nil && err == ctx.Err() {
+		// A wait for another caller's lookup cut short, reported as the
+		// lookup itself reports one.
+		err = classifyGraphError(&graph.UnavailableError{Op: "look up the account of " + id.Name(), Err: err})
 	}
+	return enabled, err
 }
 
 // lookupAccount asks Graph whether the account is enabled.
@@ -321,7 +278,7 @@ func (g *GraphGroups) forgetAccount(kind Kind, objectID string) {
 	delete(g.accounts, key)
 	// A lookup still running may have read the directory before the
 	// change that this forgetting is for: later callers ask afresh.
-	delete(g.lookups, key)
+	g.lookups.forget(key)
 }
 
 // classifyGraphError marks graph's typed errors with this package's

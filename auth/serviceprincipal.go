@@ -66,7 +66,7 @@ type spCache struct {
 
 	mu      sync.Mutex
 	entries map[spKey]spEntry
-	flights map[spKey]*spFlight
+	checks  sharedCalls[spKey, spEntry]
 }
 
 // spKey is an HMAC of the secret and what it is for: the principal's
@@ -82,17 +82,8 @@ type spEntry struct {
 	expires  time.Time
 }
 
-type spFlight struct {
-	done  chan struct{}
-	entry spEntry
-	err   error
-	// retry: the caller that ran the check gave up (its context ended),
-	// so the outcome says nothing about the secret.
-	retry bool
-}
-
 func newSPCache(ttl time.Duration) (*spCache, error) {
-	c := &spCache{ttl: ttl, entries: map[spKey]spEntry{}, flights: map[spKey]*spFlight{}}
+	c := &spCache{ttl: ttl, entries: map[spKey]spEntry{}}
 	if _, err := rand.Read(c.salt[:]); err != nil {
 		return nil, err
 	}
@@ -116,47 +107,24 @@ func (c *spCache) key(provider, appID, secret, purpose string) spKey {
 // concurrent caller and remembers a success until the entry's expiry (at
 // most the TTL from now).
 func (c *spCache) do(ctx context.Context, k spKey, now func() time.Time, check func() (spEntry, error)) (spEntry, error) {
-	for {
-		c.mu.Lock()
-		if e, ok := c.entries[k]; ok {
-			if now().Before(e.expires) {
-				c.mu.Unlock()
-				return e, nil
-			}
+	cached := func() (spEntry, bool) {
+		e, ok := c.entries[k]
+		if ok && !now().Before(e.expires) {
 			delete(c.entries, k)
+			ok = false
 		}
-		if f, ok := c.flights[k]; ok {
-			c.mu.Unlock()
-			select {
-			case <-f.done:
-			case <-ctx.Done():
-				return spEntry{}, ctx.Err()
-			}
-			if f.retry {
-				continue
-			}
-			return f.entry, f.err
-		}
-		f := &spFlight{done: make(chan struct{})}
-		c.flights[k] = f
-		c.mu.Unlock()
-
-		e, err := check()
-		t := now()
-		c.mu.Lock()
-		delete(c.flights, k)
-		if err == nil {
-			if limit := t.Add(c.ttl); e.expires.IsZero() || e.expires.After(limit) {
-				e.expires = limit
-			}
-			c.sweepLocked(t)
-			c.entries[k] = e
-		}
-		f.entry, f.err, f.retry = e, err, err != nil && ctx.Err() != nil
-		c.mu.Unlock()
-		close(f.done)
-		return e, err
+		return e, ok
 	}
+	keep := func(e spEntry) spEntry {
+		t := now()
+		if limit := t.Add(c.ttl); e.expires.IsZero() || e.expires.After(limit) {
+			e.expires = limit
+		}
+		c.sweepLocked(t)
+		c.entries[k] = e
+		return e
+	}
+	return c.checks.do(ctx, &c.mu, k, cached, check, keep)
 }
 
 func (c *spCache) sweepLocked(now time.Time) {
