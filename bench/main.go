@@ -134,7 +134,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.setups, "setups", 500, "connections timed one after another for the set-up latency (0 skips)")
 	fs.IntVar(&o.signIns, "signins", 1000, "device-code sign-ins pending at once (0 skips)")
 	fs.IntVar(&o.idleConns, "idle", 10000, "idle spliced sessions for the memory measurement (0 skips; capped by the open-file limit)")
-	fs.IntVar(&o.idleMySQL, "idle-mysql", 1000, "idle spliced MySQL sessions for the memory measurement (0 skips; each holds a MariaDB connection, of which the harness's server takes 2,000)")
+	fs.IntVar(&o.idleMySQL, "idle-mysql", 10000, "idle spliced MySQL sessions for the memory measurement (0 skips; capped by the open-file limit; each holds a MariaDB connection and thread)")
 	fs.StringVar(&o.portcullis, "portcullis", "", "portcullis binary to measure; empty builds ./cmd/portcullis; \""+inProcess+"\" runs it inside the harness (no memory figure)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (configurations, logs) after the run")
 	fs.Var(variantFlag{&o.variants}, "variant", "another portcullis to measure as a peer: NAME=BINARY[,ENV=VALUE...] (repeatable), e.g. gmp1=/tmp/portcullis,GOMAXPROCS=1")

@@ -23,8 +23,9 @@ type mariaDB struct {
 func (m *mariaDB) addr() string { return loopback(m.port) }
 
 // launchMariaDB initialises a data directory under dir and starts
-// mariadbd on it; the bench user gets password.
-func launchMariaDB(ctx context.Context, tb toolbox, dir, password string) (*mariaDB, error) {
+// mariadbd on it, taking at least maxConns connections; the bench user
+// gets password.
+func launchMariaDB(ctx context.Context, tb toolbox, dir, password string, maxConns int) (*mariaDB, error) {
 	cred, err := serviceUser("mysql")
 	if err != nil {
 		return nil, fmt.Errorf("MariaDB: %w", err)
@@ -65,7 +66,9 @@ func launchMariaDB(ctx context.Context, tb toolbox, dir, password string) (*mari
 		// Durability is pointless for a throwaway server.
 		"--innodb-flush-log-at-trx-commit=0",
 		"--innodb-buffer-pool-size=256M",
-		"--max-connections=2000",
+		// One thread per connection, as a default install has: the idle
+		// memory measurement holds one per session it opens.
+		"--max-connections=" + strconv.Itoa(max(2000, maxConns)),
 	}, userFlag()...)
 	cmd := exec.Command(tb.path(toolMariadbd), args...)
 	if m.proc, err = startChild("mariadbd", cmd, filepath.Join(dir, "mariadbd.log")); err != nil {

@@ -134,7 +134,7 @@ func startStack(ctx context.Context, opts options, tb toolbox, log io.Writer) (*
 
 	if s.wantsProto(protoMySQL) {
 		done = step("MariaDB and the sysbench table")
-		if s.my, err = launchMariaDB(ctx, tb, filepath.Join(s.dir, "mariadb"), s.password); err != nil {
+		if s.my, err = launchMariaDB(ctx, tb, filepath.Join(s.dir, "mariadb"), s.password, opts.idleMySQL+100); err != nil {
 			return nil, err
 		}
 		direct := &endpoint{addr: s.my.addr(), user: "bench", password: s.password, database: "sbtest"}
