@@ -12,7 +12,6 @@ const (
 type loopOutcome struct {
 	ended  bool   // both streams ended on the loop,
 	reason string // for this reason (endClientClosed or endBackendClosed)
-	next   Relay  // otherwise, the session for the goroutines
 }
 
 // loopReadError is a read that failed inside the loop.

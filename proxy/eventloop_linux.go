@@ -141,38 +141,57 @@ func newEventLoop() (*eventLoop, error) {
 }
 
 // onEventLoop relays r on an event loop while its bytes simply flow.
-// When both streams end there, out says which ended first. Otherwise out
-// is r as the goroutines are to carry on with it: new connections over
-// the same sockets, and what the loop had read but not yet written as the
-// pending bytes. handled is false when r is not a plain session; r is
-// then untouched.
-func (c *Conn) onEventLoop(r Relay) (out loopOutcome, handled bool, err error) {
-	out.next = r
+// When both streams end there, out says which ended first. Otherwise r
+// is updated to what the goroutines are to carry on with: new
+// connections over the same sockets, and what the loop had read but not
+// yet written as the pending bytes. handled is false when r is not a
+// plain session; r is then untouched.
+//
+// An idle session waits here, so this frame and its callers' stay on the
+// session's stack while it lasts: the work before and after the wait is
+// kept out of line, so that the runtime can shrink that stack to a few
+// KiB once the login that grew it is over.
+func (c *Conn) onEventLoop(r *Relay) (out loopOutcome, handled bool, err error) {
+	l, s := c.joinLoop(r)
+	if s == nil {
+		return out, false, nil
+	}
+	stop := context.AfterFunc(c.ctx, func() { l.detach(s) })
+	<-s.done
+	stop()
+	return c.leaveLoop(r, s)
+}
+
+// joinLoop puts r's sockets on an event loop, or returns a nil session
+// when r is not a plain session or there is no loop.
+//
+//go:noinline
+func (c *Conn) joinLoop(r *Relay) (*eventLoop, *loopSession) {
 	threads := c.srv.limits.RelayThreads
 	if threads < 0 || plainSocket(r.Client) == nil || plainSocket(r.Backend) == nil {
-		return out, false, nil
+		return nil, nil
 	}
 	if r.FromClient != nil && len(r.ClientPending) > 0 {
 		// Rare (a client that did not wait for its login's answer), and
 		// the filter might want to hand it straight back.
-		return out, false, nil
+		return nil, nil
 	}
 	loopsOnce.Do(func() { startLoops(threads) })
 	if len(loops) == 0 {
 		c.logger().Debug("relaying on goroutines: no event loop", zap.Error(loopsErr))
-		return out, false, nil
+		return nil, nil
 	}
 	// The loop works on descriptors of its own: the connections' own go
 	// (closing them takes the sockets out of the runtime's poller, which
 	// would otherwise wake for every message too).
 	cfd, err := dupSocket(r.Client)
 	if err != nil {
-		return out, false, nil
+		return nil, nil
 	}
 	bfd, err := dupSocket(r.Backend)
 	if err != nil {
 		unix.Close(cfd)
-		return out, false, nil
+		return nil, nil
 	}
 	r.Client.Close()
 	r.Backend.Close()
@@ -192,10 +211,14 @@ func (c *Conn) onEventLoop(r Relay) (out loopOutcome, handled bool, err error) {
 	s.keep(sideBackend, r.ClientPending)
 	s.keep(sideClient, r.BackendPending)
 	l.attach(s)
-	stop := context.AfterFunc(c.ctx, func() { l.detach(s) })
-	<-s.done
-	stop()
+	return l, s
+}
 
+// leaveLoop is what follows a session's time on its loop: the end of the
+// session, or r made ready for the goroutines.
+//
+//go:noinline
+func (c *Conn) leaveLoop(r *Relay, s *loopSession) (out loopOutcome, handled bool, err error) {
 	// Both streams ended and everything written: the session is over.
 	// (A write that failed after both ends leaves bytes kept, for the
 	// goroutines to fail on.)
@@ -208,19 +231,18 @@ func (c *Conn) onEventLoop(r Relay) (out loopOutcome, handled bool, err error) {
 		}
 		return out, true, nil
 	}
-	next := &out.next
-	next.ClientPending, next.BackendPending = s.handBack(sideBackend), s.handBack(sideClient)
+	r.ClientPending, r.BackendPending = s.handBack(sideBackend), s.handBack(sideClient)
 	if s.filter != nil {
 		// What the loop still owes the backend has been filtered; what
 		// the filter handed off has not.
-		next.filtered, next.ClientPending = next.ClientPending, s.handedOff
+		r.filtered, r.ClientPending = r.ClientPending, s.handedOff
 	}
-	if next.Client, err = socketConn(s.fd[sideClient]); err != nil {
+	if r.Client, err = socketConn(s.fd[sideClient]); err != nil {
 		unix.Close(s.fd[sideBackend])
 		return out, true, fmt.Errorf("client -> backend: leaving the event loop: %w", err)
 	}
-	if next.Backend, err = socketConn(s.fd[sideBackend]); err != nil {
-		next.Client.Close()
+	if r.Backend, err = socketConn(s.fd[sideBackend]); err != nil {
+		r.Client.Close()
 		return out, true, fmt.Errorf("backend -> client: leaving the event loop: %w", err)
 	}
 	switch {

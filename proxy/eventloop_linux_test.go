@@ -72,7 +72,8 @@ func startRelayWith(t *testing.T, limits config.Proxy, r func(client, backend ne
 	c = &Conn{srv: &Server{cancels: &cancelKeys{}, limits: limits}, ctx: ctx, cancel: cancel, log: zap.NewNop()}
 	out := make(chan relayed, 1)
 	go func() {
-		reason, err := c.relay(r(PollSocket(client), backend))
+		rl := r(PollSocket(client), backend)
+		reason, err := c.relay(&rl)
 		c.closeAdopted()
 		out <- relayed{reason, err}
 	}()

@@ -401,28 +401,16 @@ func (s *Server) count() int {
 	return len(s.conns)
 }
 
-// serveConn runs one connection from accept to close.
+// serveConn runs one connection from accept to close. Its frame stays on
+// the stack for the whole session, so what it does besides calling the
+// protocol is kept out of line (see Conn.Splice).
 func (s *Server) serveConn(l config.Listener, proto Protocol, raw net.Conn) {
 	defer s.handler.Done()
 	defer raw.Close()
 
-	c := s.newConn(l, proto.Name(), raw)
-	defer c.closeAdopted()
-	s.metrics.ConnAccepted(l.Name, proto.Name())
-	defer c.cancel(nil)
-	s.register(c)
-	defer s.unregister(c)
-
-	c.log.Info("connection accepted", logging.Event("conn.accepted"))
-	start := time.Now()
+	c := s.accepted(&l, proto.Name(), raw)
 	var err error
-	defer func() {
-		fields := []zap.Field{logging.Event("conn.closed"), zap.Duration("duration", time.Since(start))}
-		if err != nil {
-			fields = append(fields, zap.Error(err))
-		}
-		c.logger().Info("connection closed", fields...)
-	}()
+	defer s.closed(c, time.Now(), &err)
 
 	// Until the splice, a connection ended by Shutdown or End must not sit
 	// in a blocking read: its deadline expires with its context.
@@ -430,5 +418,32 @@ func (s *Server) serveConn(l config.Listener, proto Protocol, raw net.Conn) {
 	defer stop()
 
 	err = proto.Serve(c.ctx, c)
-	s.metrics.ConnClosed(c.info(), err)
+}
+
+// accepted makes the Conn for a new connection and lists it.
+//
+//go:noinline
+func (s *Server) accepted(l *config.Listener, proto string, raw net.Conn) *Conn {
+	c := s.newConn(*l, proto, raw)
+	s.metrics.ConnAccepted(l.Name, proto)
+	s.register(c)
+	c.log.Info("connection accepted", logging.Event("conn.accepted"))
+	return c
+}
+
+// closed counts and logs the end of a connection that started at start
+// and ended with *err, and lets go of it, in the reverse order of
+// accepted.
+//
+//go:noinline
+func (s *Server) closed(c *Conn, start time.Time, err *error) {
+	s.metrics.ConnClosed(c.info(), *err)
+	fields := []zap.Field{logging.Event("conn.closed"), zap.Duration("duration", time.Since(start))}
+	if *err != nil {
+		fields = append(fields, zap.Error(*err))
+	}
+	c.logger().Info("connection closed", fields...)
+	s.unregister(c)
+	c.cancel(nil)
+	c.closeAdopted()
 }

@@ -67,7 +67,7 @@ func (lineProtocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		return err
 	}
 	pending, _ := br.Peek(br.Buffered())
-	return c.Splice(proxy.Relay{
+	return c.Splice(&proxy.Relay{
 		Client:        c.Net(),
 		Backend:       backend,
 		ClientPending: append([]byte(nil), pending...),

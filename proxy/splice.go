@@ -173,7 +173,7 @@ var relayBuffers = sync.Pool{New: func() any {
 // Splice relays between client and backend until both directions have
 // ended, either fails, or portcullis ends the session. It logs
 // session.started and session.ended; the error is for the log.
-func (c *Conn) Splice(r Relay) error {
+func (c *Conn) Splice(r *Relay) error {
 	start := c.sessionStarted()
 	reason, err := c.relay(r)
 	c.sessionEnded(start, reason, err)
@@ -227,22 +227,40 @@ type relayResult struct {
 	err error
 }
 
-func (c *Conn) relay(r Relay) (reason string, err error) {
+// relay carries r on an event loop while it can, then on goroutines. Its
+// frame, like Splice's, stays on an idle session's stack.
+func (c *Conn) relay(r *Relay) (reason string, err error) {
 	if out, handled, err := c.onEventLoop(r); handled {
 		if out.ended {
 			return out.reason, nil
 		}
-		// The connections are new ones over the same sockets; they close
-		// with the connection, as the ones they replace would have.
-		c.adopt(out.next.Client, out.next.Backend)
-		if err != nil {
-			if saidGoodbye(out.next.ToBackend) {
-				return endClientClosed, nil
-			}
-			return c.leftLoopBroken(out.next, err)
-		}
-		r = out.next
+		return c.leftLoop(r, err)
 	}
+	return c.relayOnGoroutines(r)
+}
+
+// leftLoop carries on a session its event loop gave back.
+//
+//go:noinline
+func (c *Conn) leftLoop(r *Relay, err error) (string, error) {
+	// The connections are new ones over the same sockets; they close
+	// with the connection, as the ones they replace would have.
+	c.adopt(r.Client, r.Backend)
+	if err != nil {
+		if saidGoodbye(r.ToBackend) {
+			return endClientClosed, nil
+		}
+		return c.leftLoopBroken(*r, err)
+	}
+	return c.relayOnGoroutines(r)
+}
+
+// relayOnGoroutines relays with one goroutine per direction, the
+// client's being the session's own.
+//
+//go:noinline
+func (c *Conn) relayOnGoroutines(rp *Relay) (reason string, err error) {
+	r := *rp
 	var ending atomic.Bool
 	endingSet := make(chan struct{})
 	stop := context.AfterFunc(c.ctx, func() {

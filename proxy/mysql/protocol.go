@@ -78,18 +78,33 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		return fmt.Errorf("session %s: %w", c.ID(), err)
 	}
 	defer p.sessions.release(id)
+	r, err := p.login(ctx, c, id)
+	if r == nil {
+		return err
+	}
+	defer r.Backend.Close()
+	return c.Splice(r)
+}
+
+// login is all of a connection before its splice, kept out of Serve so
+// that its frame is gone from the stack while the session lasts (see
+// proxy.Conn.Splice). It returns the session to relay, or nil and why
+// the connection ended.
+//
+//go:noinline
+func (p *Protocol) login(ctx context.Context, c *proxy.Conn, id uint32) (*proxy.Relay, error) {
 	fe := newFrontend(p, c, id)
 
 	// 1. Greeting, TLS and the handshake response.
 	if err := fe.greet(p.greetingVersion(c)); err != nil {
-		return fe.fail(ctx, err)
+		return nil, fe.fail(ctx, err)
 	}
 	if err := fe.readHandshake(); err != nil {
-		return fe.fail(ctx, err)
+		return nil, fe.fail(ctx, err)
 	}
 	res, database, err := fe.resource()
 	if err != nil {
-		return fe.fail(ctx, err)
+		return nil, fe.fail(ctx, err)
 	}
 
 	// 2 and 3. Who is it, and may they? Without TLS, only a session key
@@ -104,7 +119,7 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		dec, err = fe.decideByScramble(ctx, res)
 	}
 	if err != nil {
-		return fe.fail(ctx, err)
+		return nil, fe.fail(ctx, err)
 	}
 
 	// 4. Log in to the backend before telling the client anything more.
@@ -112,19 +127,20 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	if err != nil {
 		c.BackendFailed(err)
 		fe.keepSessionKey(dec)
-		return fe.fail(ctx, err)
+		return nil, fe.fail(ctx, err)
 	}
-	defer be.conn.Close()
 	p.versions.Store(res.Name, be.version)
 	// The key itself means nothing to a MySQL client; registering lets
 	// portcullis stop a running query when it ends the session.
 	if _, err := c.IssueCancelKey(func(ctx context.Context) error { return be.kill(ctx, false) }, 0); err != nil {
-		return fe.fail(ctx, fmt.Errorf("session %s: %w", c.ID(), err))
+		be.conn.Close()
+		return nil, fe.fail(ctx, fmt.Errorf("session %s: %w", c.ID(), err))
 	}
 
 	// 5. Answer the client.
 	if err := fe.ready(dec, be.status); err != nil {
-		return fe.fail(ctx, err)
+		be.conn.Close()
+		return nil, fe.fail(ctx, err)
 	}
 	p.sessions.activate(id, dec.Identity.ObjectID, be.kill)
 
@@ -139,7 +155,7 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		last.Store(0)
 		c.Kill()
 	})
-	return c.Splice(proxy.Relay{
+	return &proxy.Relay{
 		Client:        fe.pc.conn,
 		Backend:       be.conn,
 		ClientPending: fe.pc.pending(),
@@ -148,7 +164,7 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		FromClient:    &commandFilter{kills: kills},
 		Goodbye:       goodbye(&last, &awaiting),
 		Terminate:     terminate,
-	})
+	}, nil
 }
 
 // decideOverTLS takes the password in the clear over TLS and decides on

@@ -32,30 +32,45 @@ func (*Protocol) Name() string { return config.ProtocolPostgres }
 // Serve runs one client connection: startup, credentials, decision,
 // backend login, the answer to the client, then the splice.
 func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
+	r, err := p.login(ctx, c)
+	if r == nil {
+		return err
+	}
+	defer r.Backend.Close()
+	return c.Splice(r)
+}
+
+// login is all of a connection before its splice, kept out of Serve so
+// that its frame is gone from the stack while the session lasts (see
+// proxy.Conn.Splice). It returns the session to relay, or nil and how the
+// connection ended: a cancel request, the console, a refusal.
+//
+//go:noinline
+func (p *Protocol) login(ctx context.Context, c *proxy.Conn) (*proxy.Relay, error) {
 	fe := newFrontend(c)
 	fe.reminder = cmp.Or(p.reminder, promptReminder)
 
 	// 1. Encryption and startup; a cancel request ends here.
 	st, err := fe.readStartup()
 	if err != nil {
-		return fe.fail(ctx, err)
+		return nil, fe.fail(ctx, err)
 	}
 	if st.cancel != nil {
 		c.ForwardCancel(ctx, *st.cancel)
-		return nil
+		return nil, nil
 	}
 	if st.params["database"] == config.ConsoleResource {
-		return p.serveConsole(ctx, fe, st)
+		return nil, p.serveConsole(ctx, fe, st)
 	}
 	res, err := fe.resource(st)
 	if err != nil {
-		return fe.fail(ctx, err)
+		return nil, fe.fail(ctx, err)
 	}
 
 	// 2. Credentials.
 	password, err := fe.password(st)
 	if err != nil {
-		return fe.fail(ctx, err)
+		return nil, fe.fail(ctx, err)
 	}
 
 	// 3. Who is it, and may they? This may prompt and wait, and may ask
@@ -63,10 +78,10 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	dec, err := fe.decide(ctx, res, st, password)
 	var need *auth.TOTPRequired
 	if errors.As(err, &need) {
-		return fe.askForTOTP(ctx, need)
+		return nil, fe.askForTOTP(ctx, need)
 	}
 	if err != nil {
-		return fe.fail(ctx, err)
+		return nil, fe.fail(ctx, err)
 	}
 
 	// 4. Log in to the backend before telling the client anything more.
@@ -74,21 +89,22 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 	if err != nil {
 		c.BackendFailed(err)
 		fe.keepSessionKey(dec)
-		return fe.fail(ctx, err)
+		return nil, fe.fail(ctx, err)
 	}
-	defer be.conn.Close()
 
 	// 5. Answer the client, with a cancel key of our own.
 	key, err := c.IssueCancelKey(be.cancel, be.pid)
 	if err != nil {
-		return fe.fail(ctx, fmt.Errorf("session %s: %w", c.ID(), err))
+		be.conn.Close()
+		return nil, fe.fail(ctx, fmt.Errorf("session %s: %w", c.ID(), err))
 	}
 	if err := fe.ready(dec, be, key); err != nil {
-		return fe.fail(ctx, err)
+		be.conn.Close()
+		return nil, fe.fail(ctx, err)
 	}
 
 	// 6. Relay until either side is done.
-	return c.Splice(proxy.Relay{
+	return &proxy.Relay{
 		Client:        fe.conn,
 		Backend:       be.conn,
 		ClientPending: fe.pending(),
@@ -96,5 +112,5 @@ func (p *Protocol) Serve(ctx context.Context, c *proxy.Conn) error {
 		ToClient:      &framer{},
 		Goodbye:       goodbye,
 		Terminate:     terminate,
-	})
+	}, nil
 }
