@@ -231,6 +231,8 @@ func (c *Conn) leaveLoop(r *Relay, s *loopSession) (out loopOutcome, handled boo
 		}
 		return out, true, nil
 	}
+	r.ended[sideClient] = s.eof[sideClient] && len(s.pend[sideBackend]) == 0 && s.handedOff == nil && s.filterErr == nil
+	r.ended[sideBackend] = s.eof[sideBackend] && len(s.pend[sideClient]) == 0
 	r.ClientPending, r.BackendPending = s.handBack(sideBackend), s.handBack(sideClient)
 	if s.filter != nil {
 		// What the loop still owes the backend has been filtered; what

@@ -113,6 +113,10 @@ type Relay struct {
 	// seen (the event loop's, when it hands a session back); they go
 	// before ClientPending.
 	filtered []byte
+	// ended are the streams, by side, whose end the event loop has
+	// passed on (a half-close of the other side) before handing the
+	// session back.
+	ended [2]bool
 	// Goodbye writes to the client, between two messages, the protocol's
 	// error saying why the session ends (cause is ErrShuttingDown,
 	// ErrTerminated, a *RevokedError, or a *BackendLostError when the
@@ -305,14 +309,31 @@ func (c *Conn) relayOnGoroutines(rp *Relay) (reason string, err error) {
 		}
 		return relayResult{dir: d, out: out, err: err}
 	}
+	// A stream whose end the event loop passed on is over, and ranks
+	// first. Read again, its end would be passed on again, and that fails
+	// if the other side has gone meanwhile: the session would seem to
+	// have failed on its stream's end, not on what the other side did.
+	upOver, downOver := r.ended[sideClient], r.ended[sideBackend]
+	if upOver {
+		up.end()
+	}
+	if downOver {
+		down.end()
+	}
 	downDone := make(chan relayResult, 1)
 	go func() {
-		out, err := down.run(&ending)
+		out, err := outEOF, error(nil)
+		if !downOver {
+			out, err = down.run(&ending)
+		}
 		downDone <- finish(down, out, err)
 	}()
 	// The client's direction runs on the caller's goroutine: an idle
 	// session costs one goroutine fewer.
-	out, err := up.run(&ending)
+	out, err := outEOF, error(nil)
+	if !upOver {
+		out, err = up.run(&ending)
+	}
 	first, second := finish(up, out, err), <-downDone
 	if second.dir.ranked == 1 {
 		first, second = second, first
