@@ -663,6 +663,9 @@ func newChunkSource(c net.Conn) chunkSource {
 		s.readFn = s.read
 		return s
 	}
+	if tc, ok := c.(*TLSConn); ok && tc.rec.rc != nil {
+		return &tlsSource{conn: tc}
+	}
 	return &heldSource{conn: c}
 }
 

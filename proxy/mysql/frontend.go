@@ -1,12 +1,9 @@
 package mysql
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
-	"io"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -155,12 +152,8 @@ func (fe *frontend) startTLS() error {
 	// ClientHello right behind it and the read buffer may already hold
 	// its start. Those bytes are the TLS handshake's own (which
 	// authenticates them), so TLS reads them first.
-	conn := fe.pc.conn
-	if n := fe.pc.br.Buffered(); n > 0 {
-		early, _ := fe.pc.br.Peek(n)
-		conn = &prefixedConn{Conn: conn, r: io.MultiReader(bytes.NewReader(bytes.Clone(early)), conn)}
-	}
-	tc := tls.Server(conn, cfg)
+	early, _ := fe.pc.br.Peek(fe.pc.br.Buffered())
+	tc := proxy.TLSServer(fe.pc.conn, early, cfg)
 	if err := tc.Handshake(); err != nil {
 		return &clientIOError{fmt.Errorf("TLS handshake: %w", err)}
 	}
@@ -514,11 +507,3 @@ func (fe *frontend) fail(ctx context.Context, err error) error {
 	}
 	return err
 }
-
-// prefixedConn is a connection whose first bytes were already read.
-type prefixedConn struct {
-	net.Conn
-	r io.Reader
-}
-
-func (c *prefixedConn) Read(p []byte) (int, error) { return c.r.Read(p) }

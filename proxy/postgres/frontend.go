@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -230,7 +229,7 @@ func (fe *frontend) startTLS() error {
 	if err := fe.c.Step(); err != nil {
 		return err
 	}
-	tc := tls.Server(fe.conn, cfg)
+	tc := proxy.TLSServer(fe.conn, nil, cfg)
 	if err := tc.Handshake(); err != nil {
 		return &clientIOError{fmt.Errorf("TLS handshake: %w", err)}
 	}
@@ -265,7 +264,8 @@ func (fe *frontend) directTLS() (bool, error) {
 	cfg = cfg.Clone()
 	cfg.NextProtos = []string{alpnPostgres}
 	// The ClientHello, or its start, is in br already.
-	tc := tls.Server(&readAheadConn{Conn: fe.conn, br: fe.br}, cfg)
+	early, _ := fe.br.Peek(fe.br.Buffered())
+	tc := proxy.TLSServer(fe.conn, early, cfg)
 	if err := tc.Handshake(); err != nil {
 		return false, &clientIOError{fmt.Errorf("direct TLS handshake: %w", err)}
 	}
@@ -275,23 +275,6 @@ func (fe *frontend) directTLS() (bool, error) {
 		return false, protocolError("direct TLS connection without ALPN protocol \"postgresql\"", "direct_tls_without_alpn")
 	}
 	return true, nil
-}
-
-// readAheadConn reads what br holds of the connection before reading the
-// connection itself, then lets br go.
-type readAheadConn struct {
-	net.Conn
-	br *bufio.Reader
-}
-
-func (c *readAheadConn) Read(p []byte) (int, error) {
-	if c.br != nil {
-		if n := c.br.Buffered(); n > 0 {
-			return c.br.Read(p[:min(len(p), n)])
-		}
-		c.br = nil // a session holds no startup buffer
-	}
-	return c.Conn.Read(p)
 }
 
 func (fe *frontend) decodeStartup(code uint32, body []byte) (*startup, error) {
