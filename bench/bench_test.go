@@ -20,7 +20,7 @@ func TestSmoke(t *testing.T) {
 	opts, err := parseOptions([]string{
 		"-duration", "1s", "-rounds", "1", "-scale", "1",
 		"-workloads", "select-1,point-select-1",
-		"-setups", "5", "-signins", "5", "-idle", "0", "-idle-mysql", "0",
+		"-setups", "5", "-signins", "5", "-idle", "0", "-idle-tls", "0", "-idle-mysql", "0",
 		"-portcullis", inProcess,
 	}, os.Stderr)
 	if err != nil {

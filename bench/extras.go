@@ -223,9 +223,23 @@ func (f closeFunc) Close() error { return f() }
 // idlePostgres are PostgreSQL sessions through PgBouncer, which holds
 // thousands of idle clients on one PostgreSQL connection.
 func idlePostgres(s *stack) idleSessions {
+	return idlePostgresOn(s, false)
+}
+
+// idlePostgresTLS are the same with TLS on the client leg.
+func idlePostgresTLS(s *stack) idleSessions {
+	return idlePostgresOn(s, true)
+}
+
+func idlePostgresOn(s *stack, tls bool) idleSessions {
 	e := &endpoint{addr: s.pc.setup.PGPlain, user: analyst, password: s.pc.key, database: "idle"}
+	what := "PostgreSQL sessions (client leg without TLS, backend PgBouncer in session mode)"
+	if tls {
+		e.addr, e.tls = s.pc.setup.PGTLS, true
+		what = "PostgreSQL sessions (client leg with TLS, backend PgBouncer in session mode)"
+	}
 	return idleSessions{
-		what: "PostgreSQL sessions (client leg without TLS, backend PgBouncer in session mode)",
+		what: what,
 		open: func(ctx context.Context) (io.Closer, error) {
 			c, err := connect(ctx, e, nil)
 			if err != nil {

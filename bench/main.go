@@ -49,6 +49,7 @@ type options struct {
 	signIns   int
 	idleConns int
 	idleMySQL int
+	idleTLS   int
 	// portcullis is a binary to measure, inProcess, or "" to build one.
 	portcullis string
 	// variants are more portcullis builds or settings to compare in the
@@ -134,6 +135,7 @@ func parseOptions(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.setups, "setups", 500, "connections timed one after another for the set-up latency (0 skips)")
 	fs.IntVar(&o.signIns, "signins", 1000, "device-code sign-ins pending at once (0 skips)")
 	fs.IntVar(&o.idleConns, "idle", 10000, "idle spliced sessions for the memory measurement (0 skips; capped by the open-file limit)")
+	fs.IntVar(&o.idleTLS, "idle-tls", 2000, "idle spliced PostgreSQL sessions with TLS on the client leg for the memory measurement (0 skips)")
 	fs.IntVar(&o.idleMySQL, "idle-mysql", 10000, "idle spliced MySQL sessions for the memory measurement (0 skips; capped by the open-file limit; each holds a MariaDB connection and thread)")
 	fs.StringVar(&o.portcullis, "portcullis", "", "portcullis binary to measure; empty builds ./cmd/portcullis; \""+inProcess+"\" runs it inside the harness (no memory figure)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (configurations, logs) after the run")
@@ -279,13 +281,17 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "pending sign-ins ...")
 		pendingSignIns(ctx, stdout, s, opts.signIns)
 	}
-	if opts.idleConns > 0 || opts.idleMySQL > 0 {
+	if opts.idleConns > 0 || opts.idleTLS > 0 || opts.idleMySQL > 0 {
 		if s.pc.bin == "" {
 			fmt.Fprintln(stdout, "Memory with idle sessions: not measured (portcullis ran inside the harness).")
 		} else {
 			if opts.idleConns > 0 {
 				fmt.Fprintln(stderr, "idle sessions ...")
 				idleRSS(ctx, stdout, s, opts.idleConns, idlePostgres)
+			}
+			if opts.idleTLS > 0 {
+				fmt.Fprintln(stderr, "idle TLS sessions ...")
+				idleRSS(ctx, stdout, s, opts.idleTLS, idlePostgresTLS)
 			}
 			switch {
 			case opts.idleMySQL > 0 && s.my == nil:

@@ -79,8 +79,8 @@ func (o options) needs() []need {
 			ns = append(ns, need{toolPgBouncer, "peer pgbouncer"})
 		}
 	}
-	if o.idleConns > 0 {
-		ns = append(ns, need{toolPgBouncer, "-idle (PostgreSQL cannot hold that many sessions; PgBouncer can)"})
+	if o.idleConns > 0 || o.idleTLS > 0 {
+		ns = append(ns, need{toolPgBouncer, "-idle and -idle-tls (PostgreSQL cannot hold that many sessions; PgBouncer can)"})
 	}
 	if o.signIns > 0 {
 		ns = append(ns, need{toolPgBouncer, "-signins (the signed-in sessions end at PgBouncer)"})
@@ -186,7 +186,7 @@ func startStack(ctx context.Context, opts options, tb toolbox, log io.Writer) (*
 		}
 		done()
 	}
-	if s.wants("pgbouncer") || opts.idleConns > 0 || opts.signIns > 0 {
+	if s.wants("pgbouncer") || opts.idleConns > 0 || opts.idleTLS > 0 || opts.signIns > 0 {
 		done = step("PgBouncer")
 		p, err := freePort()
 		if err != nil {
