@@ -2,19 +2,15 @@ package proxy
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"testing"
 	"time"
+
+	"github.com/portcullisdb/portcullis/internal/testpg"
 )
 
 // records is a stream of TLS records of the given body lengths, each
@@ -101,25 +97,17 @@ func recordAt(lengths []int, off int) int {
 // the server's as TLSServer makes it.
 func tlsPair(t *testing.T) (client *tls.Conn, server *TLSConn) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := testpg.NewCA("portcullis test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "portcullis test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		DNSNames:     []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, err := ca.TLSCertificate("localhost")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 	a, b := tcpPair(t)
 	server = TLSServer(PollSocket(a), nil, &tls.Config{Certificates: []tls.Certificate{cert}})
-	client = tls.Client(b, &tls.Config{InsecureSkipVerify: true})
+	client = tls.Client(b, &tls.Config{ServerName: "localhost", RootCAs: ca.Pool})
 	done := make(chan error, 1)
 	go func() { done <- server.Handshake() }()
 	if err := client.Handshake(); err != nil {
