@@ -231,7 +231,9 @@ func (c *Conn) leaveLoop(r *Relay, s *loopSession) (out loopOutcome, handled boo
 		}
 		return out, true, nil
 	}
-	r.ended[sideClient] = s.eof[sideClient] && len(s.pend[sideBackend]) == 0 && s.handedOff == nil && s.filterErr == nil
+	// (A filter's hand-off leaves the client's stream unfinished: its
+	// bytes go to the goroutines.)
+	r.ended[sideClient] = s.eof[sideClient] && len(s.pend[sideBackend]) == 0 && s.handedOff == nil
 	r.ended[sideBackend] = s.eof[sideBackend] && len(s.pend[sideClient]) == 0
 	r.ClientPending, r.BackendPending = s.handBack(sideBackend), s.handBack(sideClient)
 	if s.filter != nil {
