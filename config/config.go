@@ -268,10 +268,11 @@ type Proxy struct {
 	DrainTimeout time.Duration `yaml:"drain_timeout"`
 	// MaxStartupBytes caps a PostgreSQL startup packet; default 10000.
 	MaxStartupBytes int `yaml:"max_startup_bytes"`
-	// RelayThreads is how many event-loop threads relay plain sessions
-	// (no TLS on either leg, PostgreSQL or MySQL); 0, the default, is
-	// half the CPUs, at least 1; -1 relays every session on goroutines of
-	// its own. Read once, when the first such session starts.
+	// RelayThreads is how many event-loop threads relay sessions
+	// (PostgreSQL or MySQL, with or without TLS on the client leg, none on
+	// the backend's); 0, the default, is half the CPUs, at least 1; -1
+	// relays every session on goroutines of its own. Read once, when the
+	// first such session starts.
 	RelayThreads int `yaml:"relay_threads"`
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -16,8 +17,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// A plain session (no TLS on either leg) is relayed by an
-// event loop while its bytes simply flow: the loop has an epoll instance
+// A session whose backend leg is a plain socket, and whose client leg is
+// one too or TLS served by TLSServer (eventloop_tls_linux.go), is relayed
+// by an event loop while its bytes simply flow: the loop has an epoll instance
 // of its own holding every such session's sockets, and a goroutine that
 // the runtime's poller wakes when any of them is ready. It collects every
 // ready socket at once and, for each, reads once into the loop's buffer
@@ -65,6 +67,15 @@ type loopSession struct {
 	first    int
 	detached bool
 	done     chan struct{}
+	// tls is the client leg when it is TLS, over sock while on the loop
+	// (eventloop_tls_linux.go); after: how its stream went on right
+	// behind the data last read (io.EOF, or a read's error); queued: it
+	// is on the loop's list to be read again, crypto/tls holding bytes
+	// the socket no longer has.
+	tls    *TLSConn
+	sock   *loopSocket
+	after  error
+	queued bool
 }
 
 type loopEnd struct {
@@ -83,6 +94,10 @@ type eventLoop struct {
 	mu       sync.Mutex
 	ends     map[int32]loopEnd
 	detaches []*loopSession
+
+	// again are TLS sessions to read once more before waiting; spare is
+	// the list served last, for reuse. The loop's thread only.
+	again, spare []*loopSession
 }
 
 var (
@@ -92,10 +107,10 @@ var (
 	nextLoop  atomic.Uint32
 )
 
-// loopCount is how many event loops relay plain sessions: as configured,
-// else half the runtime's processors, at least one. A loop is one
-// goroutine, and so uses at most one processor at a time; the other half
-// is left to logins and TLS sessions.
+// loopCount is how many event loops relay sessions: as configured, else
+// half the runtime's processors, at least one. A loop is one goroutine,
+// and so uses at most one processor at a time; the other half is left to
+// logins and TLS handshakes.
 func loopCount(configured int) int {
 	if configured > 0 {
 		return configured
@@ -104,7 +119,7 @@ func loopCount(configured int) int {
 }
 
 // startLoops starts the process's event loops, once: the first server to
-// relay a plain session sets their number.
+// relay a session on one sets their number.
 func startLoops(configured int) {
 	for range loopCount(configured) {
 		l, err := newEventLoop()
@@ -144,8 +159,8 @@ func newEventLoop() (*eventLoop, error) {
 // When both streams end there, out says which ended first. Otherwise r
 // is updated to what the goroutines are to carry on with: new
 // connections over the same sockets, and what the loop had read but not
-// yet written as the pending bytes. handled is false when r is not a
-// plain session; r is then untouched.
+// yet written as the pending bytes. handled is false when r cannot be
+// relayed on a loop (joinLoop); r is then untouched.
 //
 // An idle session waits here, so this frame and its callers' stay on the
 // session's stack while it lasts: the work before and after the wait is
@@ -163,12 +178,24 @@ func (c *Conn) onEventLoop(r *Relay) (out loopOutcome, handled bool, err error) 
 }
 
 // joinLoop puts r's sockets on an event loop, or returns a nil session
-// when r is not a plain session or there is no loop.
+// when a leg is neither a bare socket nor (the client's) a TLSServer
+// connection, or there is no loop.
 //
 //go:noinline
 func (c *Conn) joinLoop(r *Relay) (*eventLoop, *loopSession) {
 	threads := c.srv.limits.RelayThreads
-	if threads < 0 || plainSocket(r.Client) == nil || plainSocket(r.Backend) == nil {
+	// A TLS client leg joins through the socket under it, unless
+	// crypto/tls already holds bytes to read (a client that did not wait
+	// for its login's answer): no event would say so.
+	client := r.Client
+	tc, _ := r.Client.(*TLSConn)
+	if tc != nil {
+		if tc.buffered() {
+			return nil, nil
+		}
+		client = tc.rec.Conn
+	}
+	if threads < 0 || plainSocket(client) == nil || plainSocket(r.Backend) == nil {
 		return nil, nil
 	}
 	if r.FromClient != nil && len(r.ClientPending) > 0 {
@@ -184,7 +211,7 @@ func (c *Conn) joinLoop(r *Relay) (*eventLoop, *loopSession) {
 	// The loop works on descriptors of its own: the connections' own go
 	// (closing them takes the sockets out of the runtime's poller, which
 	// would otherwise wake for every message too).
-	cfd, err := dupSocket(r.Client)
+	cfd, err := dupSocket(client)
 	if err != nil {
 		return nil, nil
 	}
@@ -193,7 +220,7 @@ func (c *Conn) joinLoop(r *Relay) (*eventLoop, *loopSession) {
 		unix.Close(cfd)
 		return nil, nil
 	}
-	r.Client.Close()
+	client.Close()
 	r.Backend.Close()
 
 	s := &loopSession{
@@ -204,6 +231,11 @@ func (c *Conn) joinLoop(r *Relay) (*eventLoop, *loopSession) {
 		done:  make(chan struct{}),
 	}
 	l := loops[int(nextLoop.Add(1))%len(loops)]
+	if tc != nil {
+		s.tls = tc
+		s.sock = &loopSocket{Conn: tc.rec.Conn, l: l, s: s, fd: cfd}
+		tc.rec.Conn = s.sock
+	}
 	if r.FromClient != nil {
 		s.filter = r.FromClient
 		s.out = loopOutput{l: l, s: s}
@@ -225,6 +257,9 @@ func (c *Conn) leaveLoop(r *Relay, s *loopSession) (out loopOutcome, handled boo
 	if s.eof[sideClient] && s.eof[sideBackend] && len(s.pend[sideClient]) == 0 && len(s.pend[sideBackend]) == 0 && s.filterErr == nil {
 		unix.Close(s.fd[sideClient])
 		unix.Close(s.fd[sideBackend])
+		if s.sock != nil {
+			s.sock.fd = -1
+		}
 		out.ended, out.reason = true, endBackendClosed
 		if s.first == sideClient || saidGoodbye(r.ToBackend) {
 			out.reason = endClientClosed
@@ -241,9 +276,20 @@ func (c *Conn) leaveLoop(r *Relay, s *loopSession) (out loopOutcome, handled boo
 		// the filter handed off has not.
 		r.filtered, r.ClientPending = r.ClientPending, s.handedOff
 	}
-	if r.Client, err = socketConn(s.fd[sideClient]); err != nil {
+	client, err := socketConn(s.fd[sideClient])
+	if s.sock != nil {
+		s.sock.fd = -1
+	}
+	if err != nil {
 		unix.Close(s.fd[sideBackend])
 		return out, true, fmt.Errorf("client -> backend: leaving the event loop: %w", err)
+	}
+	r.Client = client
+	if tc := s.tls; tc != nil {
+		// The records still to be written go out ahead of whatever
+		// crypto/tls writes next.
+		tc.rec.Conn, tc.rec.rc, tc.rec.unsent = client, plainSocket(client), r.BackendPending
+		r.Client, r.BackendPending = tc, nil
 	}
 	if r.Backend, err = socketConn(s.fd[sideBackend]); err != nil {
 		r.Client.Close()
@@ -445,9 +491,8 @@ func (l *eventLoop) write(s *loopSession, i int, p []byte) bool {
 		n, errno := rawIO(syscall.SYS_WRITE, uintptr(s.fd[i]), p)
 		switch errno {
 		case 0:
-			s.count[i].Add(int64(n))
-			if s.frame[i] != nil {
-				s.frame[i].Relayed(p[:n])
+			if !s.sealed(i) {
+				s.relayed(i, p[:n])
 			}
 			p = p[n:]
 		case syscall.EINTR:
@@ -463,11 +508,37 @@ func (l *eventLoop) write(s *loopSession, i int, p []byte) bool {
 	return true
 }
 
+// relayed tells side i's framer and count of p, written to it.
+func (s *loopSession) relayed(i int, p []byte) {
+	s.count[i].Add(int64(len(p)))
+	if s.frame[i] != nil {
+		s.frame[i].Relayed(p)
+	}
+}
+
+// pass writes p to side i, sealing it if that is the TLS client leg.
+func (l *eventLoop) pass(s *loopSession, i int, p []byte) bool {
+	if s.sealed(i) {
+		return l.writeTLS(s, p)
+	}
+	return l.write(s, i, p)
+}
+
 // halfClose shuts side i's write half, the other side's stream having
 // ended and every byte of it written; false if that failed and s was
-// given back (the goroutines, reading the end again, fail on it too).
+// given back (the goroutines, reading the end again, fail on it too). A
+// TLS client leg is told with a close_notify alert, as the goroutines
+// would tell it.
 func (l *eventLoop) halfClose(s *loopSession, i int) bool {
-	if err := unix.Shutdown(s.fd[i], unix.SHUT_WR); err != nil {
+	var err error
+	if s.sealed(i) {
+		if err = s.tls.CloseWrite(); err == nil && s.sock.failed {
+			err = errors.New("writing close_notify failed")
+		}
+	} else {
+		err = unix.Shutdown(s.fd[i], unix.SHUT_WR)
+	}
+	if err != nil {
 		s.eof[1-i] = false
 		l.giveBack(s)
 		return false
@@ -498,7 +569,14 @@ func (l *eventLoop) serve(s *loopSession, i int, events uint32) {
 		}
 	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 && !s.eof[i] && len(s.pend[j]) == 0 {
-		n, ready, err := readSome(uintptr(s.fd[i]), l.buf)
+		var n int
+		var ready bool
+		var err error
+		if s.sealed(i) {
+			n, ready, err = l.readTLS(s)
+		} else {
+			n, ready, err = readSome(uintptr(s.fd[i]), l.buf)
+		}
 		switch {
 		case !ready:
 		case err != nil:
@@ -506,16 +584,7 @@ func (l *eventLoop) serve(s *loopSession, i int, events uint32) {
 			l.giveBack(s)
 			return
 		case n == 0:
-			s.eof[i] = true
-			if s.first < 0 {
-				s.first = i
-			}
-			if i == sideClient && s.filter != nil && l.filtered(s, s.filter.End(&s.out)) {
-				return
-			}
-			// Nothing waited to be written to j when i was read; a
-			// filter may have passed on what it held, which goes first.
-			if len(s.pend[j]) == 0 && !l.halfClose(s, j) {
+			if !l.streamEnded(s, i) {
 				return
 			}
 		case i == sideClient && s.filter != nil:
@@ -523,8 +592,19 @@ func (l *eventLoop) serve(s *loopSession, i int, events uint32) {
 				return
 			}
 		default:
-			if !l.write(s, j, l.buf[:n]) {
+			if !l.pass(s, j, l.buf[:n]) {
 				l.giveBack(s)
+				return
+			}
+		}
+		if err := s.after; err != nil {
+			s.after = nil
+			if err != io.EOF {
+				s.readErr, s.readSide = err, i
+				l.giveBack(s)
+				return
+			}
+			if !l.streamEnded(s, i) {
 				return
 			}
 		}
@@ -539,6 +619,27 @@ func (l *eventLoop) serve(s *loopSession, i int, events uint32) {
 			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, s.fd[k], &unix.EpollEvent{Events: w, Fd: int32(s.fd[k])})
 		}
 	}
+	// Bytes crypto/tls holds raise no event: read them before waiting.
+	if s.tls != nil && !s.queued && !s.eof[sideClient] && len(s.pend[sideBackend]) == 0 && s.tls.buffered() {
+		s.queued = true
+		l.again = append(l.again, s)
+	}
+}
+
+// streamEnded follows the end of side i's stream; false if s was given
+// back.
+func (l *eventLoop) streamEnded(s *loopSession, i int) bool {
+	j := 1 - i
+	s.eof[i] = true
+	if s.first < 0 {
+		s.first = i
+	}
+	if i == sideClient && s.filter != nil && l.filtered(s, s.filter.End(&s.out)) {
+		return false
+	}
+	// Nothing waited to be written to j when i was read; a filter may
+	// have passed on what it held, which goes first.
+	return len(s.pend[j]) > 0 || l.halfClose(s, j)
 }
 
 // handle serves a batch of events, then the sessions asked to leave;
@@ -572,6 +673,16 @@ func (l *eventLoop) handle(events []unix.EpollEvent, ends []loopEnd) []loopEnd {
 	for _, s := range detaches {
 		l.giveBack(s)
 	}
+	if len(l.again) > 0 {
+		again := l.again
+		l.again = l.spare[:0]
+		for k, s := range again {
+			again[k] = nil
+			s.queued = false
+			l.serve(s, sideClient, unix.EPOLLIN)
+		}
+		l.spare = again[:0]
+	}
 	return ends
 }
 
@@ -604,7 +715,10 @@ func (l *eventLoop) run() {
 		}
 	}
 	for {
-		if err := rc.Read(collect); err != nil {
+		// With TLS sessions still to read, only look for events.
+		if len(l.again) > 0 {
+			collect(uintptr(l.epfd))
+		} else if err := rc.Read(collect); err != nil {
 			panic(fmt.Sprintf("event loop: waiting: %v", err))
 		}
 		ends = l.handle(events[:n], ends)

@@ -59,13 +59,19 @@ func startRelay(t *testing.T, r func(client, backend net.Conn) Relay) (c *Conn, 
 }
 
 func startRelayWith(t *testing.T, limits config.Proxy, r func(client, backend net.Conn) Relay) (c *Conn, app, db *net.TCPConn, done <-chan relayed) {
+	// Small socket buffers, so that a few hundred KiB fill them.
+	return startRelayBuffered(t, limits, 16<<10, r)
+}
+
+// startRelayBuffered is startRelayWith with socket buffers of the given
+// size.
+func startRelayBuffered(t *testing.T, limits config.Proxy, size int, r func(client, backend net.Conn) Relay) (c *Conn, app, db *net.TCPConn, done <-chan relayed) {
 	t.Helper()
 	client, app := tcpPair(t)
 	backend, db := tcpPair(t)
-	// Small socket buffers, so that a few hundred KiB fill them.
 	for _, c := range []*net.TCPConn{client, app, backend, db} {
-		c.SetReadBuffer(16 << 10)
-		c.SetWriteBuffer(16 << 10)
+		c.SetReadBuffer(size)
+		c.SetWriteBuffer(size)
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	t.Cleanup(func() { cancel(nil) })

@@ -511,6 +511,15 @@ func (d *direction) end() { d.ranked = d.rank.Add(1) }
 type closeWriter interface{ CloseWrite() error }
 
 func (d *direction) run(ending *atomic.Bool) (outcome, error) {
+	// Records an event loop sealed for the client and had no room for go
+	// first.
+	if tc, ok := d.dst.(*TLSConn); ok {
+		if err := tc.rec.flush(); err != nil {
+			d.end()
+			d.broken = d.dst
+			return outFailed, fmt.Errorf("%s: write: %w", d.name, err)
+		}
+	}
 	if len(d.filtered) > 0 {
 		if err := d.writeDst(d.filtered); err != nil {
 			d.end()

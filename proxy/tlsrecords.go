@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/tls"
 	"net"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -48,6 +49,11 @@ func (c *TLSConn) Read(p []byte) (int, error) {
 // data it decrypted nor any part of a record.
 func (c *TLSConn) holdsNothing() bool { return c.drained && c.rec.between() }
 
+// buffered says that the next Read has bytes to work on without the
+// socket: data crypto/tls decrypted, or bytes of a record waiting in
+// stash. (A record that has only partly arrived needs the socket.)
+func (c *TLSConn) buffered() bool { return !c.drained || len(c.rec.stash) > 0 }
+
 // tlsRecordHeaderLen is a TLS record's header: type, version, length.
 const tlsRecordHeaderLen = 5
 
@@ -69,6 +75,39 @@ type recordConn struct {
 	readable func(fd uintptr) bool
 	looked   bool
 	peek     [1]byte
+	// unsent are records sealed on an event loop that its socket had no
+	// room for: they go out before anything written after them. wmu
+	// orders writes: crypto/tls writes under a lock of its own, and the
+	// relay flushes outside it.
+	wmu    sync.Mutex
+	unsent []byte
+}
+
+func (c *recordConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.flushLocked(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+// flush writes what is unsent.
+func (c *recordConn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *recordConn) flushLocked() error {
+	if len(c.unsent) == 0 {
+		return nil
+	}
+	if _, err := c.Conn.Write(c.unsent); err != nil {
+		return err
+	}
+	c.unsent = nil
+	return nil
 }
 
 func (c *recordConn) Read(p []byte) (int, error) {

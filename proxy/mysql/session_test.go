@@ -242,8 +242,8 @@ func TestKillQuery(t *testing.T) {
 // as "Your MariaDB connection id") is answered as MariaDB answers a KILL
 // of its own thread: error 1927 as packet 1, then the close, and a
 // command pipelined behind the KILL does not run. The
-// session ends as killed, relayed by goroutines (TLS) or on the event
-// loop (no TLS on either leg); the person's other session goes on.
+// session ends as killed, with TLS on the client leg or without; the
+// person's other session goes on.
 func TestKillOwnConnection(t *testing.T) {
 	h := newHarness(t, harnessOptions{})
 	key, err := h.signIn(aliceUPN, aliceUPN)
