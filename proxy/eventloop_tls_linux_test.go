@@ -16,7 +16,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/portcullisdb/portcullis/config"
-	"github.com/portcullisdb/portcullis/internal/testpg"
 )
 
 // startTLSRelay is startRelay with TLS on the client leg: app is the
@@ -24,24 +23,17 @@ import (
 // TLSServer makes it, its handshake done, as a login leaves it.
 func startTLSRelay(t *testing.T, limits config.Proxy, r func(client, backend net.Conn) Relay) (c *Conn, app *tls.Conn, appTCP, db *net.TCPConn, done <-chan relayed) {
 	t.Helper()
-	ca, err := testpg.NewCA("portcullis test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.TLSCertificate("localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
+	serverCfg, clientCfg := testTLSConfigs(t)
 	handshook := make(chan error, 1)
 	// Socket buffers that a TLS record fits in several times over: with
 	// buffers smaller than a record, loopback TCP waits for its window
 	// probes, whoever relays.
 	c, appTCP, db, done = startRelayBuffered(t, limits, 128<<10, func(client, backend net.Conn) Relay {
-		tc := TLSServer(client, nil, &tls.Config{Certificates: []tls.Certificate{cert}})
+		tc := TLSServer(client, nil, serverCfg)
 		handshook <- tc.Handshake()
 		return r(tc, backend)
 	})
-	app = tls.Client(appTCP, &tls.Config{ServerName: "localhost", RootCAs: ca.Pool})
+	app = tls.Client(appTCP, clientCfg)
 	if err := app.Handshake(); err != nil {
 		t.Fatal(err)
 	}

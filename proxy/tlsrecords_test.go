@@ -93,9 +93,9 @@ func recordAt(lengths []int, off int) int {
 	return len(lengths)
 }
 
-// tlsPair is a TLS connection over loopback TCP: the client's end, and
-// the server's as TLSServer makes it.
-func tlsPair(t *testing.T) (client *tls.Conn, server *TLSConn) {
+// testTLSConfigs are a server's TLS configuration, with a certificate for
+// localhost from a test CA, and a client's that trusts that CA.
+func testTLSConfigs(t *testing.T) (server, client *tls.Config) {
 	t.Helper()
 	ca, err := testpg.NewCA("portcullis test")
 	if err != nil {
@@ -105,9 +105,17 @@ func tlsPair(t *testing.T) (client *tls.Conn, server *TLSConn) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}}, &tls.Config{ServerName: "localhost", RootCAs: ca.Pool}
+}
+
+// tlsPair is a TLS connection over loopback TCP: the client's end, and
+// the server's as TLSServer makes it.
+func tlsPair(t *testing.T) (client *tls.Conn, server *TLSConn) {
+	t.Helper()
+	serverCfg, clientCfg := testTLSConfigs(t)
 	a, b := tcpPair(t)
-	server = TLSServer(PollSocket(a), nil, &tls.Config{Certificates: []tls.Certificate{cert}})
-	client = tls.Client(b, &tls.Config{ServerName: "localhost", RootCAs: ca.Pool})
+	server = TLSServer(PollSocket(a), nil, serverCfg)
+	client = tls.Client(b, clientCfg)
 	done := make(chan error, 1)
 	go func() { done <- server.Handshake() }()
 	if err := client.Handshake(); err != nil {
