@@ -251,15 +251,17 @@ func (c *Conn) joinLoop(r *Relay) (*eventLoop, *loopSession) {
 //
 //go:noinline
 func (c *Conn) leaveLoop(r *Relay, s *loopSession) (out loopOutcome, handled bool, err error) {
+	// Either way the client's descriptor is closed below, or handed to a
+	// new connection: the TLS socket of the loop must not use it again.
+	if s.sock != nil {
+		s.sock.fd = -1
+	}
 	// Both streams ended and everything written: the session is over.
 	// (A write that failed after both ends leaves bytes kept, for the
 	// goroutines to fail on.)
 	if s.eof[sideClient] && s.eof[sideBackend] && len(s.pend[sideClient]) == 0 && len(s.pend[sideBackend]) == 0 && s.filterErr == nil {
 		unix.Close(s.fd[sideClient])
 		unix.Close(s.fd[sideBackend])
-		if s.sock != nil {
-			s.sock.fd = -1
-		}
 		out.ended, out.reason = true, endBackendClosed
 		if s.first == sideClient || saidGoodbye(r.ToBackend) {
 			out.reason = endClientClosed
@@ -277,9 +279,6 @@ func (c *Conn) leaveLoop(r *Relay, s *loopSession) (out loopOutcome, handled boo
 		r.filtered, r.ClientPending = r.ClientPending, s.handedOff
 	}
 	client, err := socketConn(s.fd[sideClient])
-	if s.sock != nil {
-		s.sock.fd = -1
-	}
 	if err != nil {
 		unix.Close(s.fd[sideBackend])
 		return out, true, fmt.Errorf("client -> backend: leaving the event loop: %w", err)
