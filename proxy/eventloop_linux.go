@@ -641,8 +641,8 @@ func (l *eventLoop) streamEnded(s *loopSession, i int) bool {
 	return len(s.pend[j]) > 0 || l.halfClose(s, j)
 }
 
-// handle serves a batch of events, then the sessions asked to leave;
-// ends is scratch space, returned for the next batch.
+// handle gives back the sessions asked to leave, then serves a batch of
+// events; ends is scratch space, returned for the next batch.
 func (l *eventLoop) handle(events []unix.EpollEvent, ends []loopEnd) []loopEnd {
 	// The wake-up is consumed before the requests are taken, so that a
 	// request made after the taking wakes the loop again.
@@ -664,13 +664,15 @@ func (l *eventLoop) handle(events []unix.EpollEvent, ends []loopEnd) []loopEnd {
 		detaches, l.detaches = l.detaches, nil
 	}
 	l.mu.Unlock()
+	// Sessions being ended go first: bytes that came with the request
+	// (a query sent right after a KILL returned) are not relayed.
+	for _, s := range detaches {
+		l.giveBack(s)
+	}
 	for k, ev := range events {
 		if e := ends[k]; e.s != nil {
 			l.serve(e.s, e.side, ev.Events)
 		}
-	}
-	for _, s := range detaches {
-		l.giveBack(s)
 	}
 	if len(l.again) > 0 {
 		again := l.again

@@ -278,6 +278,11 @@ func (c *Conn) relayOnGoroutines(rp *Relay) (reason string, err error) {
 		r.Backend.SetWriteDeadline(now.Add(farewellGrace))
 	})
 	defer stop()
+	// Ended before it got here (an event loop handing back a session
+	// being ended): nothing is read until the deadlines are set.
+	if c.ctx.Err() != nil {
+		<-endingSet
+	}
 
 	// Directions are ranked by when they saw their end: a direction that
 	// half-closes the other side ranks itself first, so that the answer
