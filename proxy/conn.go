@@ -25,9 +25,12 @@ import (
 // keys and the splice. The Server creates it; the protocol never builds
 // one.
 type Conn struct {
-	srv        *Server
-	ctx        context.Context
-	cancel     context.CancelCauseFunc
+	srv    *Server
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	// gone is closed once the connection has closed both its sockets and
+	// let go of everything it held.
+	gone       chan struct{}
 	id         string
 	raw        net.Conn
 	listener   config.Listener
@@ -56,6 +59,7 @@ func (s *Server) newConn(l config.Listener, protocol string, raw net.Conn) *Conn
 		srv:        s,
 		ctx:        ctx,
 		cancel:     cancel,
+		gone:       make(chan struct{}),
 		id:         newSessionID(),
 		raw:        raw,
 		listener:   l,

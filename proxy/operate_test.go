@@ -186,11 +186,11 @@ func TestEndCountsARevokedSession(t *testing.T) {
 	for _, si := range s.srv.Sessions() {
 		id = si.ID
 	}
-	if !s.srv.End(id) {
-		t.Fatalf("End(%q) found no session", id)
+	if found, err := s.srv.End(context.Background(), id); !found || err != nil {
+		t.Fatalf("End(%q): found %v, %v", id, found, err)
 	}
 	expectLine(t, r, "BYE "+proxy.ErrTerminated.Error())
-	if s.srv.End("no-such-session") {
+	if found, _ := s.srv.End(context.Background(), "no-such-session"); found {
 		t.Error("End of an unknown session reported success")
 	}
 	s.rec.mu.Lock()

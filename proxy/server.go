@@ -295,17 +295,26 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// End ends one connection, by session id, with ErrTerminated. It reports
-// whether the connection was found.
-func (s *Server) End(id string) bool {
+// End ends one connection, by session id, with ErrTerminated, and waits
+// until it has closed: once End returns nil, nothing more the client
+// sent reaches the backend. It reports whether the connection was found.
+// It returns ctx's error if ctx ends first; the connection still ends,
+// each step of its goodbye bounded.
+func (s *Server) End(ctx context.Context, id string) (bool, error) {
 	s.mu.Lock()
 	c, ok := s.conns[id]
 	s.mu.Unlock()
-	if ok {
-		c.cancel(ErrTerminated)
-		s.metrics.SessionRevoked("operator")
+	if !ok {
+		return false, nil
 	}
-	return ok
+	c.cancel(ErrTerminated)
+	s.metrics.SessionRevoked("operator")
+	select {
+	case <-c.gone:
+		return true, nil
+	case <-ctx.Done():
+		return true, fmt.Errorf("proxy: session %s was told to end and has not closed yet: %w", id, ctx.Err())
+	}
 }
 
 // Kill ends this connection with ErrKilled, between two messages, as
@@ -406,9 +415,10 @@ func (s *Server) count() int {
 // protocol is kept out of line (see Conn.Splice).
 func (s *Server) serveConn(l config.Listener, proto Protocol, raw net.Conn) {
 	defer s.handler.Done()
-	defer raw.Close()
 
 	c := s.accepted(&l, proto.Name(), raw)
+	defer close(c.gone)
+	defer raw.Close()
 	var err error
 	defer s.closed(c, time.Now(), &err)
 

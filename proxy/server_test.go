@@ -350,13 +350,18 @@ func TestEndFinishesTheMessageInFlight(t *testing.T) {
 	if s := ts.srv.Sessions()[0]; s.BackendUser != "backend_user" || s.Identity.UPN != "tester@example.test" || s.BytesToClient != 3 {
 		t.Errorf("session info = %+v", s)
 	}
-	if !ts.srv.End(id) {
-		t.Fatal("End did not find the session")
+	// The backend finishes its message while End waits.
+	time.AfterFunc(100*time.Millisecond, func() { close(release) })
+	if found, err := ts.srv.End(context.Background(), id); !found || err != nil {
+		t.Fatalf("End: found %v, %v", found, err)
 	}
-	if ts.srv.End("no-such-session") {
+	// End returns once the connection has closed.
+	if open := ts.srv.Sessions(); len(open) != 0 {
+		t.Errorf("sessions open after End returned: %+v", open)
+	}
+	if found, _ := ts.srv.End(context.Background(), "no-such-session"); found {
 		t.Error("End found a session that does not exist")
 	}
-	time.AfterFunc(100*time.Millisecond, func() { close(release) })
 
 	rest := make([]byte, 3)
 	if _, err := io.ReadFull(r, rest); err != nil || string(rest) != "llo" {

@@ -68,7 +68,7 @@ func parse(toks []token) (*command, error) {
 		}
 		id := toks[1].text
 		return &command{name: "kill", target: id, run: func(ctx context.Context, c *Console, who Caller) (*Result, error) {
-			return c.kill(who, id)
+			return c.kill(ctx, who, id)
 		}}, nil
 	case first.is("RELOAD"):
 		if len(toks) != 1 {
@@ -249,7 +249,14 @@ func showStats(_ context.Context, c *Console, _ Caller) (*Result, error) {
 	return showResult([]string{"metric", "labels", "value"}, rows), nil
 }
 
-func (c *Console) kill(who Caller, id string) (*Result, error) {
+// killWait bounds how long KILL waits for the session to close. Each
+// step of a session's goodbye (the message in flight, the goodbye, the
+// backend's cancel) is bounded by 2 s, so a session closes well within it.
+const killWait = 10 * time.Second
+
+// kill ends the session id and answers once it has closed, so that
+// nothing its client sends after the answer reaches the backend.
+func (c *Console) kill(ctx context.Context, who Caller, id string) (*Result, error) {
 	if id == who.SessionID {
 		return nil, &Error{Code: CodeObjectInUse, Message: "that is this console session", Hint: "Disconnect instead."}
 	}
@@ -260,8 +267,22 @@ func (c *Console) kill(who Caller, id string) (*Result, error) {
 			break
 		}
 	}
-	if target == nil || !c.d.Server.End(id) {
-		return nil, &Error{Code: CodeUndefinedObject, Message: fmt.Sprintf("there is no session %q", clip(id, 40)), Hint: "SHOW SESSIONS lists the open ones."}
+	if target == nil {
+		return nil, noSession(id)
+	}
+	ctx, cancel := context.WithTimeout(ctx, killWait)
+	defer cancel()
+	found, err := c.d.Server.End(ctx, id)
+	if !found {
+		return nil, noSession(id)
+	}
+	if err != nil {
+		return nil, &Error{
+			Code:    CodeQueryCanceled,
+			Message: fmt.Sprintf("session %s was told to end but has not closed within %s", id, killWait),
+			Hint:    "SHOW SESSIONS tells whether it has gone since.",
+			Err:     err,
+		}
 	}
 	who2 := target.LoginName
 	if who2 == "" {
@@ -315,4 +336,8 @@ func (c *Console) totpReset(ctx context.Context, who Caller, user, provider stri
 		note = fmt.Sprintf("%s had no TOTP secret; any wrong-code count and lockout are cleared", u)
 	}
 	return &Result{Tag: "TOTP", Notices: []string{note}}, nil
+}
+
+func noSession(id string) *Error {
+	return &Error{Code: CodeUndefinedObject, Message: fmt.Sprintf("there is no session %q", clip(id, 40)), Hint: "SHOW SESSIONS lists the open ones."}
 }

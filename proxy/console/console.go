@@ -51,7 +51,7 @@ const DefaultRowLimit = 1000
 // Server is what the console reads and acts on; *proxy.Server is it.
 type Server interface {
 	Sessions() []proxy.SessionInfo
-	End(id string) bool
+	End(ctx context.Context, id string) (bool, error)
 	RecentIdentities() []proxy.IdentitySeen
 	Config() *config.Config
 }
@@ -170,6 +170,7 @@ const (
 	CodeConfigFileError   = "F0000" // RELOAD found a bad file
 	CodeSystemError       = "58000" // a dependency failed (Graph down, store down)
 	CodeObjectInUse       = "55006" // KILL of the caller's own session
+	CodeQueryCanceled     = "57014" // KILL gave up waiting for the session to close
 )
 
 // Exec runs every statement of query in turn and returns their results.

@@ -89,21 +89,28 @@ type fixedServer struct {
 
 	mu    sync.Mutex
 	ended []string
+	// lingering sessions are ended but do not close before End's context
+	// ends.
+	lingering map[string]bool
 }
 
 func (s *fixedServer) Sessions() []proxy.SessionInfo          { return s.sessions }
 func (s *fixedServer) RecentIdentities() []proxy.IdentitySeen { return s.ids }
 func (s *fixedServer) Config() *config.Config                 { return s.cfg }
-func (s *fixedServer) End(id string) bool {
+func (s *fixedServer) End(ctx context.Context, id string) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, x := range s.sessions {
 		if x.ID == id {
 			s.ended = append(s.ended, id)
-			return true
+			if s.lingering[id] {
+				<-ctx.Done()
+				return true, ctx.Err()
+			}
+			return true, nil
 		}
 	}
-	return false
+	return false, nil
 }
 
 var (
@@ -356,6 +363,18 @@ func TestKill(t *testing.T) {
 	wantCode(t, err, CodeObjectInUse)
 	if fmt.Sprint(srv.ended) != "[a1]" {
 		t.Errorf("ended %v after refused KILLs", srv.ended)
+	}
+
+	// A session that does not close in time: KILL says so rather than
+	// report it ended.
+	srv.sessions = append(srv.sessions, proxy.SessionInfo{ID: "b2", Protocol: "mysql", Resource: "analytics", LoginName: "bob@contoso.example", Accepted: started})
+	srv.lingering = map[string]bool{"b2": true}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	_, err = c.Exec(short, admin, "KILL b2")
+	wantCode(t, err, CodeQueryCanceled)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("KILL of a lingering session: %v", err)
 	}
 }
 
