@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"go.uber.org/zap"
@@ -20,13 +21,13 @@ import (
 // A session whose backend leg is a plain socket, and whose client leg is
 // one too or TLS served by TLSServer (eventloop_tls_linux.go), is relayed
 // by an event loop while its bytes simply flow: the loop has an epoll instance
-// of its own holding every such session's sockets, and a goroutine that
-// the runtime's poller wakes when any of them is ready. It collects every
-// ready socket at once and, for each, reads once into the loop's buffer
-// and writes what it read to the other side. One wake-up serves every
-// session with something to say, and no goroutine is woken per message,
-// which is where a relay of goroutines spends its time
-// (docs/performance.md).
+// of its own holding every such session's sockets, and a goroutine on a
+// thread of its own that waits in epoll_pwait until any of them is ready.
+// It collects every ready socket at once and, for each, reads once into
+// the loop's buffer and writes what it read to the other side. One
+// wake-up serves every session with something to say, and no goroutine
+// is woken per message, which is where a relay of goroutines spends its
+// time (docs/performance.md).
 //
 // The end of a stream is passed on in the loop too, as a half-close of
 // the other side, so a session that both sides close ends there. Anything
@@ -85,11 +86,10 @@ type loopEnd struct {
 
 type eventLoop struct {
 	epfd int
-	// file is epfd as the runtime's poller knows it; it must stay
-	// reachable, or its finalizer would close epfd.
-	file *os.File
 	wake int // an eventfd: written to ask the loop to look at detaching
 	buf  []byte
+	// asleep: the loop waits as an ordinary goroutine (sleep).
+	asleep atomic.Bool
 
 	mu       sync.Mutex
 	ends     map[int32]loopEnd
@@ -119,9 +119,14 @@ func loopCount(configured int) int {
 }
 
 // startLoops starts the process's event loops, once: the first server to
-// relay a session on one sets their number.
+// relay a session on one sets their number. Each loop waits on a thread
+// of its own, and runs there holding one of the runtime's processors
+// (GOMAXPROCS): the runtime is given one more per loop, so that logins and
+// TLS handshakes have as many as before.
 func startLoops(configured int) {
-	for range loopCount(configured) {
+	n := loopCount(configured)
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + n)
+	for range n {
 		l, err := newEventLoop()
 		if err != nil {
 			loopsErr = err
@@ -137,7 +142,8 @@ func newEventLoop() (*eventLoop, error) {
 	if err != nil {
 		return nil, fmt.Errorf("event loop: epoll_create1: %w", err)
 	}
-	// Non-blocking, so that the runtime's poller waits for it.
+	// Non-blocking, so that the runtime's poller can wait for it while
+	// the loop sleeps.
 	if err := unix.SetNonblock(epfd, true); err != nil {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("event loop: %w", err)
@@ -687,22 +693,92 @@ func (l *eventLoop) handle(events []unix.EpollEvent, ends []loopEnd) []loopEnd {
 	return ends
 }
 
-// run waits for the loop's epoll descriptor through the runtime's
-// poller, like any socket: the loop is an ordinary goroutine, parked
-// while no session has anything to say, and one wake-up collects every
-// session that has. (Blocking in epoll_wait on a thread of its own was
-// measured too: every wake-up then had to win a processor back from the
-// runtime, which cost a login 19 context switches more.)
+// run is the loop. Its goroutine keeps a thread of its own and waits in
+// epoll_pwait there, with the loop's processor held, as if it were
+// running: a wake-up is one system call and no scheduling. Waited for
+// through the runtime's poller instead (the loop's epoll descriptor is
+// itself pollable), as until 2026-12-07, a wake-up took four system
+// calls: the poller's wait, its look before waiting, and the loop's two
+// looks at its own descriptor. Entered as a blocking system call, the
+// wait would let the runtime's monitor take the processor away, and each
+// wake-up would have to win one back (docs/performance.md, "The loop on a
+// thread of its own"). A loop that has found nothing to do for
+// loopWaitMax sleeps as before, so that an idle loop costs nothing.
 func (l *eventLoop) run() {
-	l.file = os.NewFile(uintptr(l.epfd), "epoll")
-	rc, err := l.file.SyscallConn()
-	if err != nil {
-		panic(fmt.Sprintf("event loop: %v", err))
-	}
+	runtime.LockOSThread()
 	events := make([]unix.EpollEvent, 128)
 	ends := make([]loopEnd, 0, len(events))
+	// quiet is when the loop's current stretch of finding nothing to do
+	// began; zero while it has something to do.
+	var quiet time.Time
+	for {
+		var n int
+		if !quiet.IsZero() && time.Since(quiet) >= loopWaitMax {
+			n = l.sleep(events)
+		} else {
+			n = l.poll(events)
+		}
+		switch {
+		case n > 0 || len(l.again) > 0:
+			quiet = time.Time{}
+		case quiet.IsZero():
+			quiet = time.Now()
+		}
+		ends = l.handle(events[:n], ends)
+	}
+}
+
+// loopWaitMax bounds one wait of an event loop holding its processor,
+// and is how long a loop finds nothing to do before it sleeps.
+const loopWaitMax = 20 * time.Millisecond
+
+// poll waits for events holding the loop's processor, for up to
+// loopWaitMax, or not at all while TLS sessions are to be read again.
+// The runtime still stops the loop when it must (a collection, or to let
+// others run after 10 ms): its signal interrupts the wait, and the loop
+// yields at its next call. The bound keeps that so even with
+// asynchronous preemption turned off.
+func (l *eventLoop) poll(events []unix.EpollEvent) int {
+	timeout := loopWaitMax.Milliseconds()
+	if len(l.again) > 0 {
+		timeout = 0
+	}
+	r, _, errno := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(timeout), 0, 0)
+	switch errno {
+	case 0:
+		return int(r)
+	case syscall.EINTR:
+		return 0
+	}
+	panic(fmt.Sprintf("event loop: epoll_pwait: %v", errno))
+}
+
+// sleep waits for events as an ordinary goroutine, parked until the
+// runtime's poller finds the loop's epoll descriptor ready, as every
+// wait did until 2026-12-07: the loop's processor and thread are free
+// meanwhile, and the runtime's monitor has no running goroutine to
+// preempt every 10 ms. The descriptor is in the poller only while the
+// loop sleeps (through a duplicate, closed on waking), or the poller
+// would wake for every message of a busy loop too.
+func (l *eventLoop) sleep(events []unix.EpollEvent) int {
+	fd, err := unix.FcntlInt(uintptr(l.epfd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return l.poll(events)
+	}
+	f := os.NewFile(uintptr(fd), "epoll")
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return l.poll(events)
+	}
+	l.asleep.Store(true)
+	runtime.UnlockOSThread()
+	defer func() {
+		runtime.LockOSThread()
+		l.asleep.Store(false)
+	}()
 	var n int
-	collect := func(fd uintptr) bool {
+	err = rc.Read(func(fd uintptr) bool {
 		for {
 			r, _, errno := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
 			switch errno {
@@ -714,14 +790,9 @@ func (l *eventLoop) run() {
 				panic(fmt.Sprintf("event loop: epoll_pwait: %v", errno))
 			}
 		}
+	})
+	if err != nil {
+		panic(fmt.Sprintf("event loop: waiting: %v", err))
 	}
-	for {
-		// With TLS sessions still to read, only look for events.
-		if len(l.again) > 0 {
-			collect(uintptr(l.epfd))
-		} else if err := rc.Read(collect); err != nil {
-			panic(fmt.Sprintf("event loop: waiting: %v", err))
-		}
-		ends = l.handle(events[:n], ends)
-	}
+	return n
 }

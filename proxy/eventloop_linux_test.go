@@ -446,3 +446,50 @@ func TestGoodbyeThenReset(t *testing.T) {
 		}
 	}
 }
+
+// TestEventLoopWakesFromSleep: a loop that has had nothing to do for
+// loopWaitMax gives its processor back and waits as a blocking system
+// call; the next message, either way, wakes it and is relayed there.
+func TestEventLoopWakesFromSleep(t *testing.T) {
+	before := loopSessionsOpen()
+	_, app, db, done := startRelay(t, func(client, backend net.Conn) Relay {
+		return Relay{Client: client, Backend: backend}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	app.SetDeadline(deadline)
+	db.SetDeadline(deadline)
+	sendThrough(t, app, db, "hello", "hello")
+	waitOnLoop(t, before+1)
+	for range 3 {
+		waitAsleep(t)
+		sendThrough(t, app, db, "select 1", "select 1")
+		waitAsleep(t)
+		sendThrough(t, db, app, "one row", "one row")
+	}
+	if n := loopSessionsOpen(); n != before+1 {
+		t.Errorf("the loops hold %d sessions, want %d", n, before+1)
+	}
+	app.Close()
+	db.Close()
+	<-done
+}
+
+// waitAsleep waits for every event loop to wait as a blocking system
+// call.
+func waitAsleep(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		asleep := true
+		for _, l := range loops {
+			asleep = asleep && l.asleep.Load()
+		}
+		if asleep {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the event loops did not go to sleep")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
