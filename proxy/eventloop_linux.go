@@ -743,12 +743,20 @@ func (l *eventLoop) poll(events []unix.EpollEvent) int {
 	if len(l.again) > 0 {
 		timeout = 0
 	}
-	r, _, errno := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(timeout), 0, 0)
+	n, _ := epollWait(uintptr(l.epfd), events, timeout)
+	return n
+}
+
+// epollWait is one epoll_pwait on epfd, as a raw system call, waiting
+// up to msec milliseconds; interrupted reports a signal that cut the
+// wait short (n is then 0).
+func epollWait(epfd uintptr, events []unix.EpollEvent, msec int64) (n int, interrupted bool) {
+	r, _, errno := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, epfd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
 	switch errno {
 	case 0:
-		return int(r)
+		return int(r), false
 	case syscall.EINTR:
-		return 0
+		return 0, true
 	}
 	panic(fmt.Sprintf("event loop: epoll_pwait: %v", errno))
 }
@@ -779,17 +787,11 @@ func (l *eventLoop) sleep(events []unix.EpollEvent) int {
 	}()
 	var n int
 	err = rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, errno := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-			switch errno {
-			case 0:
-				n = int(r)
-				return n > 0
-			case syscall.EINTR:
-			default:
-				panic(fmt.Sprintf("event loop: epoll_pwait: %v", errno))
-			}
+		interrupted := true
+		for interrupted {
+			n, interrupted = epollWait(fd, events, 0)
 		}
+		return n > 0
 	})
 	if err != nil {
 		panic(fmt.Sprintf("event loop: waiting: %v", err))
