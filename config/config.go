@@ -274,6 +274,11 @@ type Proxy struct {
 	// relays every session on goroutines of its own. Read once, when the
 	// first such session starts.
 	RelayThreads int `yaml:"relay_threads"`
+	// BusyPoll is how long an event loop keeps looking for its next
+	// event before it waits for one, while the machine has a CPU to
+	// spare; 0, the default, turns it off. It trades CPU for latency.
+	// Read once, as RelayThreads is.
+	BusyPoll time.Duration `yaml:"busy_poll"`
 }
 
 // Log controls log output.

@@ -25,6 +25,8 @@ const (
 	DefaultMaxStartupBytes  = 10000
 	// MaxRelayThreads bounds proxy.relay_threads.
 	MaxRelayThreads = 256
+	// MaxBusyPoll bounds proxy.busy_poll.
+	MaxBusyPoll = time.Millisecond
 
 	DefaultServicePrincipalCacheTTL = 5 * time.Minute
 	DefaultRecheck                  = 5 * time.Minute

@@ -93,6 +93,7 @@
 //	proxy.drain_timeout                30s
 //	proxy.max_startup_bytes            10000
 //	proxy.relay_threads                0: half the CPUs, at least 1; -1 turns the event loop off
+//	proxy.busy_poll                    0 (off); up to 1ms
 //	log.format                         json | console; json
 //	log.level                          debug | info | warn | error; info
 //

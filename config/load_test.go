@@ -109,6 +109,7 @@ func TestDefaults(t *testing.T) {
 		{"drain_timeout", cfg.Proxy.DrainTimeout, 30 * time.Second},
 		{"max_startup_bytes", cfg.Proxy.MaxStartupBytes, 10000},
 		{"relay_threads", cfg.Proxy.RelayThreads, 0},
+		{"busy_poll", cfg.Proxy.BusyPoll, time.Duration(0)},
 		{"log format", cfg.Log.Format, "json"},
 		{"log level", cfg.Log.Level, "info"},
 	}
@@ -290,6 +291,7 @@ func TestValidation(t *testing.T) {
 		{"startup bytes range", tail("proxy:\n  max_startup_bytes: 100000000 #<\n"), nil, "proxy.max_startup_bytes: must be between 1 and 1048576"},
 		{"not a number", tail("proxy:\n  max_startup_bytes: lots #<\n"), nil, `proxy.max_startup_bytes: must be a whole number, got "lots"`},
 		{"relay threads range", tail("proxy:\n  relay_threads: -2 #<\n"), nil, "proxy.relay_threads: must be -1 (off), 0 (half the CPUs) or up to 256, got -2"},
+		{"busy poll range", tail("proxy:\n  busy_poll: 5ms #<\n"), nil, "proxy.busy_poll: must be between 0 (off) and 1ms, got 5ms"},
 		{"log format", tail("log:\n  format: text #<\n"), nil, `log.format: must be json or console, got "text"`},
 		{"log level", tail("log:\n  level: verbose #<\n"), nil, `log.level: must be one of debug, info, warn or error, got "verbose"`},
 

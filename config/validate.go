@@ -82,6 +82,9 @@ func (c *Config) validate(ps *problems) {
 	if n := c.Proxy.RelayThreads; n < -1 || n > MaxRelayThreads {
 		ps.add("proxy.relay_threads", "must be -1 (off), 0 (half the CPUs) or up to %d, got %d", MaxRelayThreads, n)
 	}
+	if d := c.Proxy.BusyPoll; d < 0 || d > MaxBusyPoll {
+		ps.add("proxy.busy_poll", "must be between 0 (off) and %s, got %s", MaxBusyPoll, d)
+	}
 
 	oneOf(ps, "log.format", c.Log.Format, LogJSON, LogConsole)
 	oneOf(ps, "log.level", c.Log.Level, "debug", "info", "warn", "error")

@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -90,6 +92,12 @@ type eventLoop struct {
 	buf  []byte
 	// asleep: the loop waits as an ordinary goroutine (sleep).
 	asleep atomic.Bool
+	// spin is how long poll keeps looking before it waits (busy polling,
+	// Proxy.BusyPoll), while cpuToSpare says the machine has one; spins
+	// counts its looks. The loop's thread only, but for spins.
+	spin       time.Duration
+	cpuToSpare func() bool
+	spins      atomic.Int64
 
 	mu       sync.Mutex
 	ends     map[int32]loopEnd
@@ -123,7 +131,7 @@ func loopCount(configured int) int {
 // of its own, and runs there holding one of the runtime's processors
 // (GOMAXPROCS): the runtime is given one more per loop, so that logins and
 // TLS handshakes have as many as before.
-func startLoops(configured int) {
+func startLoops(configured int, busyPoll time.Duration) {
 	n := loopCount(configured)
 	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + n)
 	for range n {
@@ -131,6 +139,9 @@ func startLoops(configured int) {
 		if err != nil {
 			loopsErr = err
 			return
+		}
+		if busyPoll > 0 {
+			l.spin, l.cpuToSpare = busyPoll, spareCPU()
 		}
 		loops = append(loops, l)
 		go l.run()
@@ -209,7 +220,7 @@ func (c *Conn) joinLoop(r *Relay) (*eventLoop, *loopSession) {
 		// the filter might want to hand it straight back.
 		return nil, nil
 	}
-	loopsOnce.Do(func() { startLoops(threads) })
+	loopsOnce.Do(func() { startLoops(threads, c.srv.limits.BusyPoll) })
 	if len(loops) == 0 {
 		c.logger().Debug("relaying on goroutines: no event loop", zap.Error(loopsErr))
 		return nil, nil
@@ -737,14 +748,83 @@ const loopWaitMax = 20 * time.Millisecond
 // The runtime still stops the loop when it must (a collection, or to let
 // others run after 10 ms): its signal interrupts the wait, and the loop
 // yields at its next call. The bound keeps that so even with
-// asynchronous preemption turned off.
+// asynchronous preemption turned off. With busy polling on, it first
+// looks for a while without waiting (busyPoll).
 func (l *eventLoop) poll(events []unix.EpollEvent) int {
 	timeout := loopWaitMax.Milliseconds()
 	if len(l.again) > 0 {
 		timeout = 0
 	}
+	if timeout > 0 && l.spin > 0 && l.cpuToSpare() {
+		if n := l.busyPoll(events); n > 0 {
+			return n
+		}
+	}
 	n, _ := epollWait(uintptr(l.epfd), events, timeout)
 	return n
+}
+
+// busyPoll looks for events without waiting, again and again, for up to
+// l.spin. Woken from a wait, a thread pays for the wake-up and its CPU's
+// way out of idle, which on a virtual machine can cost more than the
+// relay's own work on a message; a loop that is still looking when the
+// next message arrives pays neither. It spends the CPU while it looks,
+// so it is off by default, and looks only while the machine has a CPU to
+// spare: not at the expense of the backends and clients it would wait
+// for.
+func (l *eventLoop) busyPoll(events []unix.EpollEvent) int {
+	start := time.Now()
+	for {
+		l.spins.Add(1)
+		n, _ := epollWait(uintptr(l.epfd), events, 0)
+		if n > 0 || time.Since(start) >= l.spin {
+			return n
+		}
+	}
+}
+
+// spareCPU returns a function that reports whether fewer tasks are
+// runnable on the machine than it has CPUs to run them, counting the
+// caller: that the CPU a loop would busy-poll on is wanted by no one
+// else. It reads /proc/loadavg at most once a millisecond; if that
+// cannot be opened, the answer is always no.
+func spareCPU() func() bool {
+	fd, err := unix.Open("/proc/loadavg", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return func() bool { return false }
+	}
+	cpus := runtime.NumCPU()
+	var next time.Time
+	spare := false
+	return func() bool {
+		if now := time.Now(); !now.Before(next) {
+			next = now.Add(time.Millisecond)
+			var b [128]byte
+			n, err := unix.Pread(fd, b[:], 0)
+			if err != nil || n <= 0 {
+				spare = false
+			} else {
+				r, ok := runnableTasks(b[:n])
+				spare = ok && r <= cpus
+			}
+		}
+		return spare
+	}
+}
+
+// runnableTasks is the count of runnable tasks in the text of
+// /proc/loadavg ("0.61 0.55 0.48 3/415 12345": the 3).
+func runnableTasks(loadavg []byte) (int, bool) {
+	f := strings.Fields(string(loadavg))
+	if len(f) < 4 {
+		return 0, false
+	}
+	run, _, ok := strings.Cut(f[3], "/")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(run)
+	return n, err == nil && n >= 0
 }
 
 // epollWait is one epoll_pwait on epfd, as a raw system call, waiting

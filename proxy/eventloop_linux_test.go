@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/portcullisdb/portcullis/config"
 )
@@ -36,7 +37,7 @@ func (f *recordingFramer) bytes() []byte {
 
 // loopSessionsOpen counts the sessions the event loops hold.
 func loopSessionsOpen() int {
-	loopsOnce.Do(func() { startLoops(0) })
+	loopsOnce.Do(func() { startLoops(0, 0) })
 	n := 0
 	for _, l := range loops {
 		l.mu.Lock()
@@ -448,8 +449,8 @@ func TestGoodbyeThenReset(t *testing.T) {
 }
 
 // TestEventLoopWakesFromSleep: a loop that has had nothing to do for
-// loopWaitMax gives its processor back and waits as a blocking system
-// call; the next message, either way, wakes it and is relayed there.
+// loopWaitMax gives its processor back and waits parked in the runtime's
+// poller; the next message, either way, wakes it and is relayed there.
 func TestEventLoopWakesFromSleep(t *testing.T) {
 	before := loopSessionsOpen()
 	_, app, db, done := startRelay(t, func(client, backend net.Conn) Relay {
@@ -474,8 +475,8 @@ func TestEventLoopWakesFromSleep(t *testing.T) {
 	<-done
 }
 
-// waitAsleep waits for every event loop to wait as a blocking system
-// call.
+// waitAsleep waits for every event loop to be asleep, parked in the
+// runtime's poller.
 func waitAsleep(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -491,5 +492,78 @@ func waitAsleep(t *testing.T) {
 			t.Fatal("the event loops did not go to sleep")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestBusyPoll: with busy polling on and a CPU to spare, a loop finds
+// its next event by looking for it; without a CPU to spare, or with busy
+// polling off, it waits for it without looking first. A look that finds
+// nothing ends when the time to look is up.
+func TestBusyPoll(t *testing.T) {
+	l, err := newEventLoop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.Close(l.wake)
+		unix.Close(l.epfd)
+	})
+	events := make([]unix.EpollEvent, 8)
+	for _, tt := range []struct {
+		name  string
+		spin  time.Duration
+		spare bool
+		looks bool
+	}{
+		{"on, a CPU to spare", time.Second, true, true},
+		{"on, no CPU to spare", time.Second, false, false},
+		{"off", 0, true, false},
+	} {
+		l.spin, l.cpuToSpare = tt.spin, func() bool { return tt.spare }
+		before := l.spins.Load()
+		if _, err := unix.Write(l.wake, []byte{1, 0, 0, 0, 0, 0, 0, 0}); err != nil {
+			t.Fatal(err)
+		}
+		n := l.poll(events)
+		var b [8]byte
+		if _, err := unix.Read(l.wake, b[:]); err != nil {
+			t.Fatalf("%s: reading the wake-up back: %v", tt.name, err)
+		}
+		if n != 1 || int(events[0].Fd) != l.wake {
+			t.Errorf("%s: poll found %d events, want the one wake-up", tt.name, n)
+		}
+		if looked := l.spins.Load() - before; (looked > 0) != tt.looks {
+			t.Errorf("%s: the loop looked %d times before the event, want looks %v", tt.name, looked, tt.looks)
+		}
+	}
+
+	l.spin, l.cpuToSpare = 2*time.Millisecond, func() bool { return true }
+	before := l.spins.Load()
+	if n := l.busyPoll(events); n != 0 {
+		t.Errorf("busy polling with nothing to find found %d events", n)
+	}
+	if looked := l.spins.Load() - before; looked < 2 {
+		t.Errorf("busy polling for 2ms looked %d times, want it to look until the time was up", looked)
+	}
+}
+
+func TestRunnableTasks(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		n    int
+		isOK bool
+	}{
+		{"0.61 0.55 0.48 3/415 12345\n", 3, true},
+		{"12.00 11.50 9.75 17/2048 99\n", 17, true},
+		{"0.61 0.55 0.48", 0, false},
+		{"0.61 0.55 0.48 3 12345", 0, false},
+		{"0.61 0.55 0.48 x/415 12345", 0, false},
+		{"0.61 0.55 0.48 -1/415 12345", 0, false},
+		{"", 0, false},
+	} {
+		n, ok := runnableTasks([]byte(tt.in))
+		if ok != tt.isOK || (ok && n != tt.n) {
+			t.Errorf("runnableTasks(%q) = %d, %v; want %d, %v", tt.in, n, ok, tt.n, tt.isOK)
+		}
 	}
 }
