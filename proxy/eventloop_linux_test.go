@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -461,8 +462,16 @@ func TestEventLoopWakesFromSleep(t *testing.T) {
 	db.SetDeadline(deadline)
 	sendThrough(t, app, db, "hello", "hello")
 	waitOnLoop(t, before+1)
+	// Asleep, a loop holds a duplicate of its epoll descriptor, which it
+	// closes on waking: as many epoll instances each time it sleeps.
+	asleepFDs := -1
 	for range 3 {
 		waitAsleep(t)
+		if n := epollFDs(t); asleepFDs < 0 {
+			asleepFDs = n
+		} else if n != asleepFDs {
+			t.Errorf("asleep again, the process holds %d epoll instances, against %d the first time", n, asleepFDs)
+		}
 		sendThrough(t, app, db, "select 1", "select 1")
 		waitAsleep(t)
 		sendThrough(t, db, app, "one row", "one row")
@@ -473,6 +482,22 @@ func TestEventLoopWakesFromSleep(t *testing.T) {
 	app.Close()
 	db.Close()
 	<-done
+}
+
+// epollFDs counts the epoll instances this process holds open.
+func epollFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range entries {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "anon_inode:[eventpoll]" {
+			n++
+		}
+	}
+	return n
 }
 
 // waitAsleep waits for every event loop to be asleep, parked in the

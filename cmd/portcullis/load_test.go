@@ -658,8 +658,8 @@ func TestLoad(t *testing.T) {
 			(ranAfter - ranBefore).Round(time.Millisecond), (waitedAfter - waitedBefore).Round(time.Millisecond),
 			(testRanAfter - testRanBefore).Round(time.Millisecond), (testWaitedAfter - testWaitedBefore).Round(time.Millisecond))
 	}
-	t.Logf("process: %d goroutines and %d fds before the load, %d and %d after (of which %d and %d connections to the simulator, %d and %d fds of the store)",
-		base.goroutines, base.fds, after.goroutines, after.fds, base.simConns, after.simConns, base.storeFDs, after.storeFDs)
+	t.Logf("process: %d goroutines and %d fds before the load, %d and %d after (of which %d and %d connections to the simulator, %d and %d fds of the store, %d and %d epoll instances)",
+		base.goroutines, base.fds, after.goroutines, after.fds, base.simConns, after.simConns, base.storeFDs, after.storeFDs, base.pollFDs, after.pollFDs)
 }
 
 func (e *loadEnv) simPort() int {
@@ -784,6 +784,11 @@ type processLoad struct {
 	// per CPU), opened as they are first needed, so the load may have
 	// opened more of them than were open before it.
 	storeFDs int
+	// pollFDs are epoll instances: the runtime's poller's, each event
+	// loop's, and while a loop sleeps, a duplicate of its own that it
+	// closes on waking. They follow the loops' state, not the sessions,
+	// so they are counted apart too.
+	pollFDs int
 	// files, for telling what is in excess: descriptors by what they are
 	// open on.
 	files map[string]int
@@ -795,10 +800,14 @@ const goroutinesPerSimConn, fdsPerSimConn = 2, 1
 // store's connections, and the -shm.
 func maxStoreFDs() int { return 2*max(2, runtime.GOMAXPROCS(0)) + 1 }
 
+// maxPollFDs bounds pollFDs: the runtime's poller, and two for each
+// event loop (at most one per CPU).
+func maxPollFDs() int { return 1 + 2*runtime.NumCPU() }
+
 // own is what the process holds apart from connections to the
 // simulator and the store's pool.
 func (p processLoad) own() (goroutines, fds int) {
-	return p.goroutines - goroutinesPerSimConn*p.simConns, p.fds - fdsPerSimConn*p.simConns - p.storeFDs
+	return p.goroutines - goroutinesPerSimConn*p.simConns, p.fds - fdsPerSimConn*p.simConns - p.storeFDs - p.pollFDs
 }
 
 // sampleProcess reads the portcullis process's goroutines from its
@@ -817,6 +826,9 @@ func (e *loadEnv) sampleProcess(simPort int, store string) processLoad {
 		}
 		if strings.HasPrefix(target, store) {
 			p.storeFDs++
+		}
+		if target == "anon_inode:[eventpoll]" {
+			p.pollFDs++
 		}
 		if inode, ok := strings.CutPrefix(target, "socket:["); ok {
 			if s, ok := sockets[strings.TrimSuffix(inode, "]")]; ok && s.remote == simPort && s.state == tcpEstablished {
@@ -870,12 +882,12 @@ func (e *loadEnv) waitForProcess(base processLoad, simPort int, store string, wi
 	for {
 		cur := e.sampleProcess(simPort, store)
 		cg, cf := cur.own()
-		if cg <= bg && cf <= bf && cur.storeFDs <= max(base.storeFDs, maxStoreFDs()) {
+		if cg <= bg && cf <= bf && cur.storeFDs <= max(base.storeFDs, maxStoreFDs()) && cur.pollFDs <= maxPollFDs() {
 			return cur
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("%v after the load: %d goroutines and %d open fds (apart from %d connections to the simulator and %d fds of the store), against %d and %d (%d, %d) before it",
-				within, cg, cf, cur.simConns, cur.storeFDs, bg, bf, base.simConns, base.storeFDs)
+			t.Errorf("%v after the load: %d goroutines and %d open fds (apart from %d connections to the simulator, %d fds of the store and %d epoll instances), against %d and %d (%d, %d, %d) before it",
+				within, cg, cf, cur.simConns, cur.storeFDs, cur.pollFDs, bg, bf, base.simConns, base.storeFDs, base.pollFDs)
 			var excess []string
 			for k, n := range e.openFiles() {
 				if n > base.files[k] {
