@@ -390,7 +390,7 @@ func TestMalformedHandshakes(t *testing.T) {
 	}
 }
 
-// openFDs counts this process's descriptors but its epoll instances:
+// openFDs counts this process's descriptors other than epoll instances:
 // an event loop that sleeps holds a duplicate of its own until it wakes,
 // so their number follows the loops' state, not the connections.
 func openFDs() int {
