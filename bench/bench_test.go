@@ -246,3 +246,32 @@ func TestMissingToolsNamePackages(t *testing.T) {
 		}
 	}
 }
+
+// The machine's idle share counts idle and iowait against the busy
+// columns, and leaves out steal and guest time (guest time is already in
+// user time).
+func TestMachineIdleShare(t *testing.T) {
+	before, err := parseMachineCPU("cpu  100 0 50 800 50 0 0 999 40 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := parseMachineCPU("cpu  400 0 150 1000 50 0 0 1999 240 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// busy: 300 user + 100 system; idle: 200.
+	if got := before.idleShare(after); math.Abs(got-100.0/3) > 1e-9 {
+		t.Errorf("idle share = %v, want 33.3", got)
+	}
+	if got := after.idleShare(after); !math.IsNaN(got) {
+		t.Errorf("idle share over no time = %v, want NaN", got)
+	}
+	for _, line := range []string{"intr 1 2 3 4 5 6", "cpu 1 2 x 4 5"} {
+		if _, err := parseMachineCPU(line); err == nil {
+			t.Errorf("parseMachineCPU(%q): no error", line)
+		}
+	}
+	if _, err := readMachineCPU(); err != nil {
+		t.Errorf("reading this machine's /proc/stat: %v", err)
+	}
+}

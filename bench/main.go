@@ -245,7 +245,9 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 					pid = p.pid()
 				}
 				use0, useErr := processUsage(pid)
+				cpu0, cpuErr := readMachineCPU()
 				m, err := runWorkload(ctx, tb, w, e, opts.duration, opts.scale)
+				cpu1, cpuErr1 := readMachineCPU()
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -253,6 +255,11 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 					fmt.Fprintln(stderr, "failed")
 				} else {
 					fmt.Fprintf(stderr, "%.0f tps", m.tps)
+					if cpuErr == nil && cpuErr1 == nil {
+						idle := cpu0.idleShare(cpu1)
+						res.addIdle(w, p, idle)
+						fmt.Fprintf(stderr, ", machine %.1f%% idle", idle)
+					}
 					if use1, err := processUsage(pid); useErr == nil && err == nil && m.txns > 0 {
 						u := use1.sub(use0)
 						res.addUsage(w, p, u, m.txns)
@@ -267,6 +274,8 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	res.writeTable(stdout, opts.duration, opts.rounds)
 	fmt.Fprintln(stdout)
 	res.writeCPUTable(stdout)
+	fmt.Fprintln(stdout)
+	res.writeIdleTable(stdout)
 	fmt.Fprintln(stdout)
 	res.writeVersus(stdout)
 	fmt.Fprintln(stdout)

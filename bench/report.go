@@ -17,16 +17,20 @@ type results struct {
 	peers     []*peer
 	tps       map[string]map[string][]float64 // workload id → peer id → per round
 	cpu       map[string]map[string][]float64 // the relay's CPU µs per transaction, per round
+	wait      map[string]map[string][]float64 // µs per transaction its threads waited for a CPU, per round
 	switches  map[string]map[string][]float64 // the relay's context switches per transaction, per round
+	idle      map[string]map[string][]float64 // % of the machine's CPU time left idle, per round
 	errs      map[string]map[string]error     // the last failure, if any
 }
 
 func newResults(ws []workload, ps []*peer) *results {
-	r := &results{workloads: ws, peers: ps, tps: map[string]map[string][]float64{}, cpu: map[string]map[string][]float64{}, switches: map[string]map[string][]float64{}, errs: map[string]map[string]error{}}
+	r := &results{workloads: ws, peers: ps, tps: map[string]map[string][]float64{}, cpu: map[string]map[string][]float64{}, wait: map[string]map[string][]float64{}, switches: map[string]map[string][]float64{}, idle: map[string]map[string][]float64{}, errs: map[string]map[string]error{}}
 	for _, w := range ws {
 		r.tps[w.id] = map[string][]float64{}
 		r.cpu[w.id] = map[string][]float64{}
+		r.wait[w.id] = map[string][]float64{}
 		r.switches[w.id] = map[string][]float64{}
+		r.idle[w.id] = map[string][]float64{}
 		r.errs[w.id] = map[string]error{}
 	}
 	return r
@@ -40,19 +44,39 @@ func (r *results) add(w workload, p *peer, tps float64, err error) {
 	r.tps[w.id][p.id] = append(r.tps[w.id][p.id], tps)
 }
 
-// addUsage records the relay's CPU time and context switches per
-// transaction in one run.
+// addUsage records the relay's CPU time, its wait for a CPU and its
+// context switches per transaction in one run.
 func (r *results) addUsage(w workload, p *peer, u usage, txns int64) {
 	if txns <= 0 {
 		return
 	}
 	r.cpu[w.id][p.id] = append(r.cpu[w.id][p.id], float64(u.cpu)/float64(time.Microsecond)/float64(txns))
+	r.wait[w.id][p.id] = append(r.wait[w.id][p.id], float64(u.wait)/float64(time.Microsecond)/float64(txns))
 	r.switches[w.id][p.id] = append(r.switches[w.id][p.id], float64(u.switches)/float64(txns))
 }
 
-// writeCPUTable prints the relays' CPU time and context switches per
-// transaction: they move much less than throughput when something else
-// loads the machine.
+// addIdle records the share of the machine's CPU left idle in one run.
+func (r *results) addIdle(w workload, p *peer, pct float64) {
+	r.idle[w.id][p.id] = append(r.idle[w.id][p.id], pct)
+}
+
+// writeIdleTable prints how much of the machine's CPU each peer's runs
+// left idle. The load generator, the database and the relay share the
+// CPUs; when a relay leaves some idle while the others leave none, what
+// it lacks is not CPU but something it serialises on.
+func (r *results) writeIdleTable(w io.Writer) {
+	writeGrid(w, "The machine's CPU left idle during the run, % (medians; all CPUs, from /proc/stat):", r.workloads, r.peers, func(wl workload, p *peer) string {
+		if m := median(r.idle[wl.id][p.id]); !math.IsNaN(m) {
+			return fmt.Sprintf("%.1f", m)
+		}
+		return "—"
+	})
+}
+
+// writeCPUTable prints the relays' CPU time, wait for a CPU and context
+// switches per transaction: they move much less than throughput when
+// something else loads the machine, and the wait is the relay's share of
+// the latency that comes from sharing the CPUs.
 func (r *results) writeCPUTable(w io.Writer) {
 	var cols []*peer
 	for _, p := range r.peers {
@@ -66,9 +90,9 @@ func (r *results) writeCPUTable(w io.Writer) {
 	if len(cols) == 0 {
 		return
 	}
-	writeGrid(w, "The relay process per transaction: CPU µs / context switches (medians; all its threads, from /proc/PID/task/*/{schedstat,status}):", r.workloads, cols, func(wl workload, p *peer) string {
+	writeGrid(w, "The relay process per transaction: CPU µs / µs waiting for a CPU / context switches (medians; all its threads, from /proc/PID/task/*/{schedstat,status}):", r.workloads, cols, func(wl workload, p *peer) string {
 		if m := median(r.cpu[wl.id][p.id]); !math.IsNaN(m) {
-			return fmt.Sprintf("%.1f / %.2f", m, median(r.switches[wl.id][p.id]))
+			return fmt.Sprintf("%.1f / %.1f / %.2f", m, median(r.wait[wl.id][p.id]), median(r.switches[wl.id][p.id]))
 		}
 		return "—"
 	})
@@ -206,7 +230,7 @@ func (r *results) cell(wl workload, p *peer) string {
 // writeRounds prints every round's figures, so a reader can see the
 // spread behind each median.
 func (r *results) writeRounds(w io.Writer) {
-	fmt.Fprintln(w, "Every round: tps [relay CPU µs / context switches per transaction]:")
+	fmt.Fprintln(w, "Every round: tps [relay CPU µs / µs waiting for a CPU / context switches per transaction]:")
 	fmt.Fprintln(w)
 	for _, wl := range r.workloads {
 		for _, p := range r.peers {
@@ -215,13 +239,13 @@ func (r *results) writeRounds(w io.Writer) {
 				continue
 			}
 			s := make([]string, len(v))
-			cpu, sw := r.cpu[wl.id][p.id], r.switches[wl.id][p.id]
+			cpu, wait, sw := r.cpu[wl.id][p.id], r.wait[wl.id][p.id], r.switches[wl.id][p.id]
 			for i, x := range v {
 				s[i] = strconv.FormatFloat(x, 'f', 0, 64)
 				// Usage is recorded for every successful run, so it
 				// lines up with the rounds when no run failed.
 				if len(cpu) == len(v) {
-					s[i] += fmt.Sprintf(" [%.1f/%.2f]", cpu[i], sw[i])
+					s[i] += fmt.Sprintf(" [%.1f/%.1f/%.2f]", cpu[i], wait[i], sw[i])
 				}
 			}
 			fmt.Fprintf(w, "    %-40s %-15s %s\n", wl.title, p.title, strings.Join(s, "  "))

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"regexp"
@@ -170,15 +171,17 @@ func runWorkload(ctx context.Context, tb toolbox, w workload, e *endpoint, d tim
 
 // usage is what a process has used so far: CPU time of all its
 // threads, from the scheduler's per-thread accounting (nanoseconds,
-// unlike the clock ticks of /proc/PID/stat), and how often its threads
-// were switched out (voluntary: they slept; involuntary: preempted).
+// unlike the clock ticks of /proc/PID/stat), how long its threads were
+// ready to run but waited for a CPU, and how often they were switched
+// out (voluntary: they slept; involuntary: preempted).
 type usage struct {
 	cpu      time.Duration
+	wait     time.Duration
 	switches int64
 }
 
 func (u usage) sub(v usage) usage {
-	return usage{cpu: u.cpu - v.cpu, switches: u.switches - v.switches}
+	return usage{cpu: u.cpu - v.cpu, wait: u.wait - v.wait, switches: u.switches - v.switches}
 }
 
 func processUsage(pid int) (usage, error) {
@@ -196,12 +199,18 @@ func processUsage(pid int) (usage, error) {
 		if err != nil {
 			continue // the thread has just exited
 		}
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			ns, err := strconv.ParseInt(f[0], 10, 64)
+		// On the CPU, waiting on a run queue (both in ns), time slices.
+		if f := strings.Fields(string(b)); len(f) >= 2 {
+			on, err := strconv.ParseInt(f[0], 10, 64)
 			if err != nil {
 				return u, fmt.Errorf("%sschedstat: %w", dir, err)
 			}
-			u.cpu += time.Duration(ns)
+			waited, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				return u, fmt.Errorf("%sschedstat: %w", dir, err)
+			}
+			u.cpu += time.Duration(on)
+			u.wait += time.Duration(waited)
 		}
 		status, err := os.ReadFile(dir + "status")
 		if err != nil {
@@ -216,6 +225,54 @@ func processUsage(pid int) (usage, error) {
 		}
 	}
 	return u, nil
+}
+
+// machineCPU is the machine's CPU time so far, all CPUs together, in
+// the clock ticks of /proc/stat: busy, and idle (iowait counted as idle).
+// Time the hypervisor gave to other guests (steal) is neither.
+type machineCPU struct{ busy, idle int64 }
+
+func readMachineCPU() (machineCPU, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return machineCPU{}, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	return parseMachineCPU(line)
+}
+
+// parseMachineCPU reads the first line of /proc/stat: "cpu", then user,
+// nice, system, idle, iowait, irq, softirq, steal, guest and guest_nice.
+func parseMachineCPU(line string) (machineCPU, error) {
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return machineCPU{}, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var m machineCPU
+	for i, v := range f[1:] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return machineCPU{}, fmt.Errorf("/proc/stat: %w", err)
+		}
+		switch i {
+		case 3, 4:
+			m.idle += n
+		case 7, 8, 9: // steal; guest time, already in user time
+		default:
+			m.busy += n
+		}
+	}
+	return m, nil
+}
+
+// idleShare is the share of the machine's CPU time left idle between m
+// and a later reading n, in percent.
+func (m machineCPU) idleShare(n machineCPU) float64 {
+	busy, idle := n.busy-m.busy, n.idle-m.idle
+	if busy+idle <= 0 {
+		return math.NaN()
+	}
+	return 100 * float64(idle) / float64(busy+idle)
 }
 
 func mysqlEnv() []string {
