@@ -139,6 +139,7 @@ func New(cfg *config.Config, deps Deps) (*Server, error) {
 			return nil, err
 		}
 	}
+	warnBusyPollQuota(s.log, s.limits.BusyPoll, s.limits.RelayThreads)
 	s.current.Store(&s.cfg)
 	s.base, s.endAll = context.WithCancelCause(context.Background())
 	return s, nil
