@@ -275,3 +275,51 @@ func TestMachineIdleShare(t *testing.T) {
 		t.Errorf("reading this machine's /proc/stat: %v", err)
 	}
 }
+
+// The targets are checked on the medians of the ratios to direct: at or
+// above HAProxy's on every workload, and the floors on theirs.
+func TestTargets(t *testing.T) {
+	byID := map[string]workload{}
+	for _, w := range workloads {
+		byID[w.id] = w
+	}
+	ws := []workload{byID["select-1"], byID["select-16"], byID["connect-8"]}
+	pg := &endpoint{}
+	direct := &peer{id: "direct", title: "direct", pg: pg}
+	haproxy := &peer{id: "haproxy", title: "HAProxy", pg: pg}
+	pc := &peer{id: "portcullis", title: "portcullis", pg: pg}
+	r := newResults(ws, []*peer{direct, haproxy, pc})
+	for _, row := range []struct {
+		w       workload
+		d, h, p float64
+	}{
+		{ws[0], 1000, 850, 920}, // ahead, and past the 0.90 floor
+		{ws[1], 1000, 720, 700}, // behind, and short of 0.75
+		{ws[2], 100, 90, 75},    // behind HAProxy, past the 0.70 floor
+	} {
+		r.add(row.w, direct, row.d, nil)
+		r.add(row.w, haproxy, row.h, nil)
+		r.add(row.w, pc, row.p, nil)
+	}
+	var b bytes.Buffer
+	r.writeTargets(&b)
+	out := b.String()
+	for _, want := range []string{
+		"| pgbench -S, 1 client: at or above HAProxy's ratio | 0.92 against 0.85 | yes |",
+		"| pgbench -S, 1 client: at least 0.90 of direct (stretch) | 0.92 | yes |",
+		"| pgbench -S, 16 clients: at or above HAProxy's ratio | 0.70 against 0.72 | no |",
+		"| pgbench -S, 16 clients: at least 0.75 of direct (stretch) | 0.70 | no |",
+		"| pgbench -S -C, 8 clients (login path): at or above HAProxy's ratio | 0.75 against 0.90 | no |",
+		"| pgbench -S -C, 8 clients (login path): at least 0.70 of direct (login path) | 0.75 | yes |",
+		"Met: 3 of 6.",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("targets lack %q:\n%s", want, out)
+		}
+	}
+	b.Reset()
+	newResults(ws, []*peer{direct, pc}).writeTargets(&b)
+	if b.Len() != 0 {
+		t.Errorf("without HAProxy: %q, want nothing", b.String())
+	}
+}

@@ -279,6 +279,7 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 	fmt.Fprintln(stdout)
 	res.writeVersus(stdout)
 	fmt.Fprintln(stdout)
+	res.writeTargets(stdout)
 	res.writeRounds(stdout)
 	fmt.Fprintln(stdout)
 

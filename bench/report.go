@@ -202,6 +202,71 @@ func (r *results) writeVersus(w io.Writer) {
 	})
 }
 
+// floors are the ratios to direct that portcullis (client leg without
+// TLS) is to reach on some workloads, besides HAProxy's ratio on every
+// one: the stretch figures of the relay, and the login path's.
+var floors = []struct {
+	workload string
+	min      float64
+	what     string
+}{
+	{"select-1", 0.90, "stretch"},
+	{"select-16", 0.75, "stretch"},
+	{"connect-8", 0.70, "login path"},
+}
+
+// writeTargets checks this run against the targets in
+// docs/performance.md: on every workload portcullis's ratio to direct at
+// or above HAProxy's, and the floors above. It says nothing when either
+// peer was not measured.
+func (r *results) writeTargets(w io.Writer) {
+	var pc, ha *peer
+	for _, p := range r.peers {
+		switch p.id {
+		case "portcullis":
+			pc = p
+		case "haproxy":
+			ha = p
+		}
+	}
+	if pc == nil || ha == nil {
+		return
+	}
+	type check struct {
+		target, measured string
+		met              bool
+	}
+	var checks []check
+	for _, wl := range r.workloads {
+		mine, theirs := r.ratio(wl, pc), r.ratio(wl, ha)
+		if math.IsNaN(mine) || math.IsNaN(theirs) {
+			continue
+		}
+		checks = append(checks, check{wl.title + ": at or above HAProxy's ratio", fmt.Sprintf("%.2f against %.2f", mine, theirs), mine >= theirs})
+		for _, f := range floors {
+			if f.workload == wl.id {
+				checks = append(checks, check{fmt.Sprintf("%s: at least %.2f of direct (%s)", wl.title, f.min, f.what), fmt.Sprintf("%.2f", mine), mine >= f.min})
+			}
+		}
+	}
+	if len(checks) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Targets for portcullis (ratios to direct, medians of this run; docs/performance.md):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | measured | met |")
+	fmt.Fprintln(w, "|---|---:|---|")
+	met := 0
+	for _, c := range checks {
+		verdict := "no"
+		if c.met {
+			verdict, met = "yes", met+1
+		}
+		fmt.Fprintf(w, "| %s | %s | %s |\n", c.target, c.measured, verdict)
+	}
+	fmt.Fprintf(w, "\nMet: %d of %d.\n\n", met, len(checks))
+}
+
 // writeTable prints the throughput table in Markdown: median tps and, in
 // parentheses, the ratio to direct.
 func (r *results) writeTable(w io.Writer, d time.Duration, rounds int) {
