@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"bufio"
-	"bytes"
 	"math"
 	"os"
 	"path/filepath"
@@ -46,12 +44,9 @@ func cgroupCPUQuota(selfCgroup, root string) (cpus float64, ok bool) {
 	if err != nil {
 		return 0, false
 	}
-	var group string
-	found := false
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if g, isV2 := strings.CutPrefix(sc.Text(), "0::"); isV2 {
-			group, found = g, true
+	group, found := "", false
+	for _, line := range strings.Split(string(b), "\n") {
+		if group, found = strings.CutPrefix(line, "0::"); found {
 			break
 		}
 	}

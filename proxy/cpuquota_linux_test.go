@@ -58,7 +58,7 @@ func TestCgroupCPUQuota(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			self, root := cgroupTree(t, tt.self, tt.cpuMax)
 			got, ok := cgroupCPUQuota(self, root)
-			if ok != (tt.want != 0) || math.Abs(got-tt.want) > 1e-9 && ok {
+			if ok != (tt.want != 0) || (ok && math.Abs(got-tt.want) > 1e-9) {
 				t.Errorf("cgroupCPUQuota = %v, %v; want %v, %v", got, ok, tt.want, tt.want != 0)
 			}
 		})

@@ -54,10 +54,10 @@
 // per wake-up, running the session's filter if it has one. Stream ends
 // are passed on there; a reset, an error, the session's end, or a filter
 // that must answer the client or wait (FilterOutput.HandOff) hands the
-// sockets back, with the bytes the loop held, to the goroutines above. Proxy.RelayThreads sets
-// the number of loops; Proxy.BusyPoll has them look for the next message
-// for a while before they wait for it, while the machine has a CPU to
-// spare.
+// sockets back, with the bytes the loop held, to the goroutines above.
+// Proxy.RelayThreads sets the number of loops; Proxy.BusyPoll has them
+// look for the next message for a while before they wait for it, while
+// the machine has a CPU to spare.
 //
 // # Ending sessions: drain and kill
 //
