@@ -171,7 +171,7 @@ func TestVersus(t *testing.T) {
 
 	var b bytes.Buffer
 	r.writeVersus(&b)
-	if want := "| " + w.title + " | 1.10 (2 of 3) |"; !strings.Contains(b.String(), want) {
+	if want := "| " + w.title + " | 1.10 (2 of 3); level: 1.06, 95% 0.73-1.53 |"; !strings.Contains(b.String(), want) {
 		t.Errorf("table lacks %q:\n%s", want, b.String())
 	}
 	// Without HAProxy among the peers there is nothing to compare with.
@@ -179,6 +179,46 @@ func TestVersus(t *testing.T) {
 	newResults([]workload{w}, []*peer{direct, pc}).writeVersus(&b)
 	if b.Len() != 0 {
 		t.Errorf("without HAProxy: %q, want nothing", b.String())
+	}
+}
+
+// Where the rounds leave portcullis against HAProxy: ahead or behind only
+// when the 95% interval of the same-round ratio lies wholly on one side.
+func TestStanding(t *testing.T) {
+	w := workloads[0]
+	pg := &endpoint{}
+	haproxy := &peer{id: "haproxy", title: "HAProxy", pg: pg}
+	pc := &peer{id: "portcullis", title: "portcullis", pg: pg}
+	tests := []struct {
+		name     string
+		h, p     []float64
+		want     string
+		enoughOK bool
+	}{
+		{name: "ahead", h: []float64{1000, 1000, 1000, 1000}, p: []float64{1100, 1120, 1090, 1110}, want: "ahead: 1.10, 95% 1.08-1.13", enoughOK: true},
+		{name: "behind", h: []float64{1000, 1000, 1000}, p: []float64{900, 910, 890}, want: "behind: 0.90, 95% 0.88-0.93", enoughOK: true},
+		{name: "spread across level", h: []float64{1000, 1000, 1000}, p: []float64{900, 1100, 1000}, want: "level: 1.00, 95% 0.78-1.28", enoughOK: true},
+		{name: "a failed round left out", h: []float64{1000, 1000, 1000}, p: []float64{900, 0, 910}, enoughOK: false},
+		{name: "two rounds", h: []float64{1000, 1000}, p: []float64{1100, 1100}, enoughOK: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newResults([]workload{w}, []*peer{haproxy, pc})
+			for i := range tt.h {
+				r.add(w, haproxy, tt.h[i], nil)
+				r.add(w, pc, tt.p[i], nil)
+			}
+			got, ok := r.standing(w, "portcullis", "haproxy")
+			if ok != tt.enoughOK || got != tt.want {
+				t.Errorf("standing = %q, %v; want %q, %v", got, ok, tt.want, tt.enoughOK)
+			}
+		})
+	}
+	if got := tQuantile975(4); got != 2.776 {
+		t.Errorf("t(0.975, 4) = %v, want 2.776", got)
+	}
+	if got := tQuantile975(100); got != 1.960 {
+		t.Errorf("t(0.975, 100) = %v, want 1.960", got)
 	}
 }
 
@@ -305,12 +345,12 @@ func TestTargets(t *testing.T) {
 	r.writeTargets(&b)
 	out := b.String()
 	for _, want := range []string{
-		"| pgbench -S, 1 client: at or above HAProxy's ratio | 0.92 against 0.85 | yes |",
-		"| pgbench -S, 1 client: at least 0.90 of direct (stretch) | 0.92 | yes |",
-		"| pgbench -S, 16 clients: at or above HAProxy's ratio | 0.70 against 0.72 | no |",
-		"| pgbench -S, 16 clients: at least 0.75 of direct (stretch) | 0.70 | no |",
-		"| pgbench -S -C, 8 clients (login path): at or above HAProxy's ratio | 0.75 against 0.90 | no |",
-		"| pgbench -S -C, 8 clients (login path): at least 0.70 of direct | 0.75 | yes |",
+		"| pgbench -S, 1 client: at or above HAProxy's ratio | 0.92 against 0.85 | yes | — |",
+		"| pgbench -S, 1 client: at least 0.90 of direct (stretch) | 0.92 | yes | — |",
+		"| pgbench -S, 16 clients: at or above HAProxy's ratio | 0.70 against 0.72 | no | — |",
+		"| pgbench -S, 16 clients: at least 0.75 of direct (stretch) | 0.70 | no | — |",
+		"| pgbench -S -C, 8 clients (login path): at or above HAProxy's ratio | 0.75 against 0.90 | no | — |",
+		"| pgbench -S -C, 8 clients (login path): at least 0.70 of direct | 0.75 | yes | — |",
 		"Met: 3 of 6.",
 	} {
 		if !strings.Contains(out, want) {
