@@ -357,6 +357,21 @@ func TestTargets(t *testing.T) {
 			t.Errorf("targets lack %q:\n%s", want, out)
 		}
 	}
+
+	// From three rounds the HAProxy rows also say where the rounds leave
+	// portcullis, compared the right way round.
+	r = newResults(ws[1:2], []*peer{direct, haproxy, pc})
+	for _, p := range []float64{900, 910, 890} {
+		r.add(ws[1], direct, 1000, nil)
+		r.add(ws[1], haproxy, 1000, nil)
+		r.add(ws[1], pc, p, nil)
+	}
+	b.Reset()
+	r.writeTargets(&b)
+	if want := "| 0.90 against 1.00 | no | behind: 0.90, 95% 0.88-0.93 |"; !strings.Contains(b.String(), want) {
+		t.Errorf("targets lack %q:\n%s", want, b.String())
+	}
+
 	b.Reset()
 	newResults(ws, []*peer{direct, pc}).writeTargets(&b)
 	if b.Len() != 0 {

@@ -194,14 +194,15 @@ func interval(ratios []float64) (mean, lo, hi float64, ok bool) {
 	if n < 3 {
 		return 0, 0, 0, false
 	}
+	logs := make([]float64, n)
 	var sum, sq float64
-	for _, x := range ratios {
-		sum += math.Log(x)
+	for i, x := range ratios {
+		logs[i] = math.Log(x)
+		sum += logs[i]
 	}
 	m := sum / float64(n)
-	for _, x := range ratios {
-		d := math.Log(x) - m
-		sq += d * d
+	for _, l := range logs {
+		sq += (l - m) * (l - m)
 	}
 	half := tQuantile975(n-1) * math.Sqrt(sq/float64(n-1)/float64(n))
 	return math.Exp(m), math.Exp(m - half), math.Exp(m + half), true
