@@ -102,6 +102,13 @@ type Relay struct {
 	// BackendPending are the same for the backend's codec.
 	ClientPending  []byte
 	BackendPending []byte
+	// Greeting is the protocol's last answer to the client, written by
+	// the relay before anything else reaches the client.
+	Greeting []byte
+	// TypedMessages says that every message, both ways, has PostgreSQL's
+	// shape: a type byte, then a 4-byte big-endian length that counts
+	// itself.
+	TypedMessages bool
 	// ToBackend and ToClient follow each direction's messages. Without
 	// them, a session portcullis ends is simply closed.
 	ToBackend Framer
@@ -234,6 +241,12 @@ type relayResult struct {
 // relay carries r on an event loop while it can, then on goroutines. Its
 // frame, like Splice's, stays on an idle session's stack.
 func (c *Conn) relay(r *Relay) (reason string, err error) {
+	if len(r.Greeting) > 0 {
+		if _, err := r.Client.Write(r.Greeting); err != nil {
+			return endClientClosed, fmt.Errorf("client: writing the login's answer: %w", err)
+		}
+		r.Greeting = nil
+	}
 	if out, handled, err := c.onEventLoop(r); handled {
 		if out.ended {
 			return out.reason, nil

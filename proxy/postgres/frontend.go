@@ -584,11 +584,12 @@ func (fe *frontend) keepSessionKey(dec *auth.Decision) {
 	fe.write(buf)
 }
 
-// ready tells the client it is logged in: everything from
-// AuthenticationOk to ReadyForQuery in one write.
-func (fe *frontend) ready(dec *auth.Decision, be *backend, key proxy.CancelKey) error {
+// ready is what tells the client it is logged in: everything from
+// AuthenticationOk to ReadyForQuery, for the relay to write in one go
+// (proxy.Relay.Greeting).
+func (fe *frontend) ready(dec *auth.Decision, be *backend, key proxy.CancelKey) ([]byte, error) {
 	if err := fe.c.Step(); err != nil {
-		return err
+		return nil, err
 	}
 	var buf []byte
 	buf = fe.appendAuthOK(buf)
@@ -611,7 +612,7 @@ func (fe *frontend) ready(dec *auth.Decision, be *backend, key proxy.CancelKey) 
 	}
 	buf = appendMessage(buf, &pgproto3.BackendKeyData{ProcessID: key.ProcessID, SecretKey: key.Secret})
 	buf = appendMessage(buf, &pgproto3.ReadyForQuery{TxStatus: be.txStatus})
-	return fe.write(buf)
+	return buf, nil
 }
 
 // fail tells the client why it is turned away, if anyone is left to

@@ -98,7 +98,8 @@ func (p *Protocol) login(ctx context.Context, c *proxy.Conn) (*proxy.Relay, erro
 		be.conn.Close()
 		return nil, fe.fail(ctx, fmt.Errorf("session %s: %w", c.ID(), err))
 	}
-	if err := fe.ready(dec, be, key); err != nil {
+	greeting, err := fe.ready(dec, be, key)
+	if err != nil {
 		be.conn.Close()
 		return nil, fe.fail(ctx, err)
 	}
@@ -108,6 +109,8 @@ func (p *Protocol) login(ctx context.Context, c *proxy.Conn) (*proxy.Relay, erro
 		Client:        fe.conn,
 		Backend:       be.conn,
 		ClientPending: fe.pending(),
+		Greeting:      greeting,
+		TypedMessages: true,
 		ToBackend:     &framer{},
 		ToClient:      &framer{},
 		Goodbye:       goodbye,
