@@ -279,6 +279,12 @@ type Proxy struct {
 	// spare; 0, the default, turns it off. It trades CPU for latency.
 	// Read once, as RelayThreads is.
 	BusyPoll time.Duration `yaml:"busy_poll"`
+	// KernelRelay has the kernel relay PostgreSQL sessions whose client
+	// and backend legs are both plain TCP, with a SOCKMAP and a BPF
+	// program (Linux 5.17 or later, and CAP_BPF with CAP_NET_ADMIN, or
+	// root); where it cannot, sessions are relayed as without it. Off by
+	// default. Read once, when the first such session starts.
+	KernelRelay bool `yaml:"kernel_relay"`
 }
 
 // Log controls log output.

@@ -46,11 +46,14 @@ type Conn struct {
 	// closed with raw. Only the connection's own goroutine touches them.
 	adopted []net.Conn
 
-	mu       sync.Mutex
-	login    string
-	resource string
-	decision *auth.Decision
-	spliced  time.Time
+	mu sync.Mutex
+	// kernelBytes, while the kernel relays the session, counts the bytes
+	// it has relayed each way so far.
+	kernelBytes func() (toBackend, toClient int64)
+	login       string
+	resource    string
+	decision    *auth.Decision
+	spliced     time.Time
 }
 
 func (s *Server) newConn(l config.Listener, protocol string, raw net.Conn) *Conn {
@@ -282,6 +285,11 @@ func (c *Conn) info() SessionInfo {
 		Started:        c.spliced,
 		BytesToBackend: c.toBackend.Load(),
 		BytesToClient:  c.toClient.Load(),
+	}
+	if c.kernelBytes != nil {
+		up, down := c.kernelBytes()
+		info.BytesToBackend += up
+		info.BytesToClient += down
 	}
 	if d := c.decision; d != nil {
 		info.Identity = d.Identity

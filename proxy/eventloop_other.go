@@ -14,5 +14,8 @@ func (c *Conn) onEventLoop(r *Relay) (out loopOutcome, handled bool, err error) 
 	return out, false, nil
 }
 
+// inKernel: the kernel relay is Linux's (a SOCKMAP).
+func (c *Conn) inKernel(r *Relay) (release func(), ok bool) { return nil, false }
+
 // warnBusyPollQuota: busy polling is the event loop's.
 func warnBusyPollQuota(*zap.Logger, time.Duration, int) {}

@@ -103,11 +103,13 @@ type Relay struct {
 	ClientPending  []byte
 	BackendPending []byte
 	// Greeting is the protocol's last answer to the client, written by
-	// the relay before anything else reaches the client.
+	// the relay before anything else reaches the client. A protocol that
+	// leaves it to the relay lets the kernel relay take the sockets
+	// before the client can speak.
 	Greeting []byte
 	// TypedMessages says that every message, both ways, has PostgreSQL's
 	// shape: a type byte, then a 4-byte big-endian length that counts
-	// itself.
+	// itself. The kernel relay follows only such streams.
 	TypedMessages bool
 	// ToBackend and ToClient follow each direction's messages. Without
 	// them, a session portcullis ends is simply closed.
@@ -241,6 +243,10 @@ type relayResult struct {
 // relay carries r on an event loop while it can, then on goroutines. Its
 // frame, like Splice's, stays on an idle session's stack.
 func (c *Conn) relay(r *Relay) (reason string, err error) {
+	if release, ok := c.inKernel(r); ok {
+		defer release()
+		return c.leftKernel(r)
+	}
 	if len(r.Greeting) > 0 {
 		if _, err := r.Client.Write(r.Greeting); err != nil {
 			return endClientClosed, fmt.Errorf("client: writing the login's answer: %w", err)
@@ -253,6 +259,17 @@ func (c *Conn) relay(r *Relay) (reason string, err error) {
 		}
 		return c.leftLoop(r, err)
 	}
+	return c.relayOnGoroutines(r)
+}
+
+// leftKernel carries on a session the kernel relay gave back.
+//
+//go:noinline
+func (c *Conn) leftKernel(r *Relay) (string, error) {
+	if r.Client == nil {
+		return endError, errors.New("leaving the kernel relay: the sockets could not become connections again")
+	}
+	c.adopt(r.Client, r.Backend)
 	return c.relayOnGoroutines(r)
 }
 

@@ -96,6 +96,8 @@ type harnessOptions struct {
 	// reminder is how often a pending sign-in is repeated (0: the
 	// default).
 	reminder time.Duration
+	// kernelRelay turns on proxy.kernel_relay.
+	kernelRelay bool
 }
 
 func newHarness(t *testing.T, opts harnessOptions) *harness {
@@ -161,7 +163,7 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 			},
 		},
 		Listeners: []config.Listener{{Name: "pg", Protocol: "postgres", TLS: opts.listenerTLS, DefaultResource: "analytics"}},
-		Proxy:     config.Proxy{HandshakeTimeout: opts.handshake, DrainTimeout: opts.drain},
+		Proxy:     config.Proxy{HandshakeTimeout: opts.handshake, DrainTimeout: opts.drain, KernelRelay: opts.kernelRelay},
 		// Every test connects from 127.0.0.1: address grace would let one
 		// sign-in stand in for the next, so it is off and reuse is by
 		// session key only.
