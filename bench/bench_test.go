@@ -306,6 +306,13 @@ func TestMachineIdleShare(t *testing.T) {
 	if got := after.idleShare(after); !math.IsNaN(got) {
 		t.Errorf("idle share over no time = %v, want NaN", got)
 	}
+	// 400 ticks of 10 ms over 1,000 transactions.
+	if got := before.busyPer(after, 1000); math.Abs(got-4000) > 1e-9 {
+		t.Errorf("busy per transaction = %v µs, want 4000", got)
+	}
+	if got := before.busyPer(after, 0); !math.IsNaN(got) {
+		t.Errorf("busy per transaction over none = %v, want NaN", got)
+	}
 	for _, line := range []string{"intr 1 2 3 4 5 6", "cpu 1 2 x 4 5"} {
 		if _, err := parseMachineCPU(line); err == nil {
 			t.Errorf("parseMachineCPU(%q): no error", line)

@@ -256,9 +256,9 @@ func run(ctx context.Context, opts options, stdout, stderr io.Writer) error {
 				} else {
 					fmt.Fprintf(stderr, "%.0f tps", m.tps)
 					if cpuErr == nil && cpuErr1 == nil {
-						idle := cpu0.idleShare(cpu1)
-						res.addIdle(w, p, idle)
-						fmt.Fprintf(stderr, ", machine %.1f%% idle", idle)
+						idle, busy := cpu0.idleShare(cpu1), cpu0.busyPer(cpu1, m.txns)
+						res.addIdle(w, p, idle, busy)
+						fmt.Fprintf(stderr, ", machine %.1f%% idle, %.0f µs busy per tx", idle, busy)
 					}
 					if use1, err := processUsage(pid); useErr == nil && err == nil && m.txns > 0 {
 						u := use1.sub(use0)

@@ -20,17 +20,19 @@ type results struct {
 	wait      map[string]map[string][]float64 // µs per transaction its threads waited for a CPU, per round
 	switches  map[string]map[string][]float64 // the relay's context switches per transaction, per round
 	idle      map[string]map[string][]float64 // % of the machine's CPU time left idle, per round
+	busy      map[string]map[string][]float64 // the machine's busy CPU µs per transaction, per round
 	errs      map[string]map[string]error     // the last failure, if any
 }
 
 func newResults(ws []workload, ps []*peer) *results {
-	r := &results{workloads: ws, peers: ps, tps: map[string]map[string][]float64{}, cpu: map[string]map[string][]float64{}, wait: map[string]map[string][]float64{}, switches: map[string]map[string][]float64{}, idle: map[string]map[string][]float64{}, errs: map[string]map[string]error{}}
+	r := &results{workloads: ws, peers: ps, tps: map[string]map[string][]float64{}, cpu: map[string]map[string][]float64{}, wait: map[string]map[string][]float64{}, switches: map[string]map[string][]float64{}, idle: map[string]map[string][]float64{}, busy: map[string]map[string][]float64{}, errs: map[string]map[string]error{}}
 	for _, w := range ws {
 		r.tps[w.id] = map[string][]float64{}
 		r.cpu[w.id] = map[string][]float64{}
 		r.wait[w.id] = map[string][]float64{}
 		r.switches[w.id] = map[string][]float64{}
 		r.idle[w.id] = map[string][]float64{}
+		r.busy[w.id] = map[string][]float64{}
 		r.errs[w.id] = map[string]error{}
 	}
 	return r
@@ -55,21 +57,30 @@ func (r *results) addUsage(w workload, p *peer, u usage, txns int64) {
 	r.switches[w.id][p.id] = append(r.switches[w.id][p.id], float64(u.switches)/float64(txns))
 }
 
-// addIdle records the share of the machine's CPU left idle in one run.
-func (r *results) addIdle(w workload, p *peer, pct float64) {
+// addIdle records the share of the machine's CPU left idle in one run,
+// and its busy CPU µs per transaction.
+func (r *results) addIdle(w workload, p *peer, pct, busy float64) {
 	r.idle[w.id][p.id] = append(r.idle[w.id][p.id], pct)
+	r.busy[w.id][p.id] = append(r.busy[w.id][p.id], busy)
 }
 
 // writeIdleTable prints how much of the machine's CPU each peer's runs
 // left idle. The load generator, the database and the relay share the
 // CPUs; when a relay leaves some idle while the others leave none, what
-// it lacks is not CPU but something it serialises on.
+// it lacks is not CPU but something it serialises on. The busy CPU per
+// transaction, against direct's, is what a relay costs the machine in
+// all: unlike the relay process's own CPU, it includes the work the
+// kernel does for it, all of a kernel relay's.
 func (r *results) writeIdleTable(w io.Writer) {
-	writeGrid(w, "The machine's CPU left idle during the run, % (medians; all CPUs, from /proc/stat):", r.workloads, r.peers, func(wl workload, p *peer) string {
-		if m := median(r.idle[wl.id][p.id]); !math.IsNaN(m) {
-			return fmt.Sprintf("%.1f", m)
+	writeGrid(w, "The machine's CPU during the run: % left idle [busy CPU µs per transaction, every process and the kernel] (medians; all CPUs, from /proc/stat):", r.workloads, r.peers, func(wl workload, p *peer) string {
+		m := median(r.idle[wl.id][p.id])
+		if math.IsNaN(m) {
+			return "—"
 		}
-		return "—"
+		if b := median(r.busy[wl.id][p.id]); !math.IsNaN(b) {
+			return fmt.Sprintf("%.1f [%.0f]", m, b)
+		}
+		return fmt.Sprintf("%.1f", m)
 	})
 }
 

@@ -275,6 +275,21 @@ func (m machineCPU) idleShare(n machineCPU) float64 {
 	return 100 * float64(idle) / float64(busy+idle)
 }
 
+// userHZ is the clock tick of /proc/stat: USER_HZ, 100 on every Linux
+// architecture the harness runs on.
+const userHZ = 100
+
+// busyPer is the machine's busy CPU time between m and a later reading n,
+// in µs per transaction: the load generator, the database, the relay,
+// and the kernel's work for all of them, softirqs and its own threads
+// included.
+func (m machineCPU) busyPer(n machineCPU, txns int64) float64 {
+	if txns <= 0 {
+		return math.NaN()
+	}
+	return float64(n.busy-m.busy) * (1e6 / userHZ) / float64(txns)
+}
+
 func mysqlEnv() []string {
 	// No cleartext plugin: without TLS portcullis takes the session key
 	// by caching_sha2_password's scramble, as the server would.
