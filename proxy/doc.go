@@ -59,6 +59,13 @@
 // look for the next message for a while before they wait for it, while
 // the machine has a CPU to spare.
 //
+// With Proxy.KernelRelay, a PostgreSQL session whose two legs are plain
+// TCP is relayed inside the kernel instead (kernelrelay_linux.go): its
+// sockets go into a SOCKMAP whose BPF program redirects each chunk to
+// the other socket and follows the messages, so that portcullis can take
+// the bytes back between two messages when the session must end, and
+// hand the session to the goroutines to say goodbye.
+//
 // # Ending sessions: drain and kill
 //
 // Shutdown stops accepting, lets connections run for Proxy.DrainTimeout,

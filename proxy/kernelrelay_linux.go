@@ -247,7 +247,7 @@ func (k *kernelRelay) join(r *Relay) (*kernelSession, error) {
 		if s.cookie[i], err = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
 			return fail(fmt.Errorf("SO_COOKIE: %w", err))
 		}
-		if s.queued[i], err = queuedBytes(fd); err != nil {
+		if s.queued[i], _, err = queuedBytes(fd); err != nil {
 			return fail(err)
 		}
 		index := 2*slot + uint32(i)
@@ -392,29 +392,34 @@ func (k *kernelRelay) give(slot uint32) {
 	k.mu.Unlock()
 }
 
+// tcpClose is TCP_CLOSE, a connection's state once it is gone
+// (include/net/tcp_states.h).
+const tcpClose = 7
+
 // queuedBytes is how many bytes have been queued for sending on fd so
 // far, acknowledged or not. Read in this order, it is never more than
-// the true count, however the acknowledgements move meanwhile.
-func queuedBytes(fd int) (uint64, error) {
+// the true count, however the acknowledgements move meanwhile. closed
+// says the connection is gone, and with it whatever was still to send.
+func queuedBytes(fd int) (n uint64, closed bool, err error) {
 	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 	if err != nil {
-		return 0, fmt.Errorf("TCP_INFO: %w", err)
+		return 0, false, fmt.Errorf("TCP_INFO: %w", err)
 	}
 	outq, err := unix.IoctlGetInt(fd, unix.SIOCOUTQ)
 	if err != nil {
-		return 0, fmt.Errorf("SIOCOUTQ: %w", err)
+		return 0, false, fmt.Errorf("SIOCOUTQ: %w", err)
 	}
-	return ti.Bytes_acked + uint64(outq), nil
+	return ti.Bytes_acked + uint64(outq), ti.State == tcpClose, nil
 }
 
-// waitQueued waits until want bytes have been queued on fd, or the
-// deadline. The kernel's worker queues redirected chunks within
-// microseconds, so the waits start short.
+// waitQueued waits until want bytes have been queued on fd, the
+// connection is gone, or the deadline. The kernel's worker queues
+// redirected chunks within microseconds, so the waits start short.
 func waitQueued(fd int, want uint64, deadline time.Time) bool {
 	pause := 20 * time.Microsecond
 	for {
-		n, err := queuedBytes(fd)
-		if err != nil {
+		n, closed, err := queuedBytes(fd)
+		if err != nil || closed {
 			return false
 		}
 		if n >= want {

@@ -190,3 +190,21 @@ func TestKernelRelayCarriesBulk(t *testing.T) {
 		t.Errorf("counted %d and %d bytes, want %d each way", up, down, len(stream))
 	}
 }
+
+// TestKernelRelayClientResets: a client that resets its connection in
+// the middle of a session in the kernel relay ends the session, and the
+// backend's connection is closed.
+func TestKernelRelayClientResets(t *testing.T) {
+	_, app, db, done := startKernelSession(t)
+	app.Write(typed('Q', "select 1"))
+	readExactly(t, db, typed('Q', "select 1"))
+	app.SetLinger(0)
+	app.Close()
+	if _, err := io.ReadAll(db); err != nil && !errors.Is(err, net.ErrClosed) {
+		t.Logf("the backend's end: %v", err)
+	}
+	r := <-done
+	if r.reason != endClientClosed && r.reason != endError {
+		t.Errorf("ended with %q, %v; want the client's closing or an error", r.reason, r.err)
+	}
+}
