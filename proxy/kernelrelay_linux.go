@@ -177,15 +177,33 @@ func (c *Conn) kernelFor(r *Relay) *kernelRelay {
 // for the goroutines (new connections over the same sockets, each
 // Framer told where its stream stands, the greeting written), and
 // release, to be called once the session is over.
+//
+// An idle session waits here, so, as with onEventLoop, the work before
+// and after the wait is kept out of line and this frame stays small.
 func (c *Conn) inKernel(r *Relay) (release func(), ok bool) {
+	k, s := c.enterKernel(r)
+	if s == nil {
+		return nil, false
+	}
+	stop := context.AfterFunc(c.ctx, s.wake)
+	<-s.woke
+	stop()
+	return k.leave(c, r, s)
+}
+
+// enterKernel puts r in the kernel relay and greets the client, or
+// returns a nil session where r stays in user space.
+//
+//go:noinline
+func (c *Conn) enterKernel(r *Relay) (*kernelRelay, *kernelSession) {
 	k := c.kernelFor(r)
 	if k == nil {
-		return nil, false
+		return nil, nil
 	}
 	s, err := k.join(r)
 	if err != nil {
 		c.logger().Debug("relaying in user space: the kernel relay refused the session", zap.Error(err))
-		return nil, false
+		return nil, nil
 	}
 	c.logger().Debug("session relayed in the kernel", logging.Event("session.kernel_relay"))
 	c.mu.Lock()
@@ -208,10 +226,7 @@ func (c *Conn) inKernel(r *Relay) (release func(), ok bool) {
 		s.wake()
 	}
 	k.watchFor(s)
-	stop := context.AfterFunc(c.ctx, s.wake)
-	<-s.woke
-	stop()
-	return k.leave(c, r, s)
+	return k, s
 }
 
 // join puts r's sockets in the kernel relay.
@@ -278,6 +293,8 @@ func (k *kernelRelay) watchFor(s *kernelSession) {
 
 // leave takes s's bytes back from the kernel and readies r for the
 // goroutines.
+//
+//go:noinline
 func (k *kernelRelay) leave(c *Conn, r *Relay, s *kernelSession) (release func(), ok bool) {
 	k.mu.Lock()
 	for _, fd := range s.fd {
