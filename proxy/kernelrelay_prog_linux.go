@@ -91,6 +91,32 @@ func relayProgram(routes, flows, socks *ebpf.Map) asm.Instructions {
 		return asm.Instructions{asm.LoadMem(r1, fp, walk(src), size), asm.StoreMem(r8, dst, r1, size)}
 	}
 
+	// loadAt copies n bytes of the chunk from the walk's offset (r3) to
+	// fp-8, in step; a chunk that cannot be read loses the flow.
+	loadAt := func(n int32) asm.Instructions {
+		return asm.Instructions{
+			asm.LoadMem(r1, r9, walkSkb, dw),
+			asm.Mov.Reg(r2, r3),
+			asm.Mov.Reg(r3, fp),
+			asm.Add.Imm(r3, -8),
+			asm.Mov.Imm(r4, n),
+			asm.FnSkbLoadBytes.Call(),
+			asm.JNE.Imm(r0, 0, "broken"),
+		}
+	}
+
+	// lookup finds the value of m at the key at fp+key (r0), or passes
+	// the chunk when there is none.
+	lookup := func(m *ebpf.Map, key int16) asm.Instructions {
+		return asm.Instructions{
+			asm.LoadMapPtr(r1, m.FD()),
+			asm.Mov.Reg(r2, fp),
+			asm.Add.Imm(r2, int32(key)),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(r0, 0, "pass"),
+		}
+	}
+
 	var p asm.Instructions
 	// r6 = skb; the route by the socket's cookie (at fp-8); r7 = flow
 	// index (at fp-12); r8 = the flow.
@@ -98,18 +124,14 @@ func relayProgram(routes, flows, socks *ebpf.Map) asm.Instructions {
 		btf.WithFuncMetadata(asm.Mov.Reg(r6, r1), relayFunc("relay", "skb")),
 		asm.FnGetSocketCookie.Call(),
 		asm.StoreMem(fp, -8, r0, dw),
-		asm.LoadMapPtr(r1, routes.FD()),
-		asm.Mov.Reg(r2, fp),
-		asm.Add.Imm(r2, -8),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(r0, 0, "pass"),
+	)
+	p = append(p, lookup(routes, -8)...)
+	p = append(p,
 		asm.LoadMem(r7, r0, 0, w),
 		asm.StoreMem(fp, -12, r7, w),
-		asm.LoadMapPtr(r1, flows.FD()),
-		asm.Mov.Reg(r2, fp),
-		asm.Add.Imm(r2, -12),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(r0, 0, "pass"),
+	)
+	p = append(p, lookup(flows, -12)...)
+	p = append(p,
 		asm.Mov.Reg(r8, r0),
 		// The walk's state: the chunk, from offset 0, and the flow's.
 		asm.StoreMem(fp, walk(walkSkb), r6, dw),
@@ -181,14 +203,10 @@ func relayProgram(routes, flows, socks *ebpf.Map) asm.Instructions {
 		asm.Mov.Reg(r1, r4),
 		asm.Sub.Reg(r1, r3),
 		asm.JLT.Imm(r1, 5, "split"),
-		// A whole header in this chunk: r1 = length, r2 = type.
-		asm.LoadMem(r1, r9, walkSkb, dw),
-		asm.Mov.Reg(r2, r3),
-		asm.Mov.Reg(r3, fp),
-		asm.Add.Imm(r3, -8),
-		asm.Mov.Imm(r4, 5),
-		asm.FnSkbLoadBytes.Call(),
-		asm.JNE.Imm(r0, 0, "broken"),
+	)
+	// A whole header in this chunk: r1 = length, r2 = type.
+	p = append(p, loadAt(5)...)
+	p = append(p,
 		asm.LoadMem(r1, fp, -7, b),
 		asm.LSh.Imm(r1, 24),
 		asm.LoadMem(r2, fp, -6, b),
@@ -204,15 +222,12 @@ func relayProgram(routes, flows, socks *ebpf.Map) asm.Instructions {
 		asm.Add.Imm(r3, 5),
 		asm.StoreMem(r9, walkOff, r3, w),
 		asm.Ja.Label("header"),
-
-		// One byte of a header split across chunks.
-		asm.LoadMem(r1, r9, walkSkb, dw).WithSymbol("split"),
-		asm.Mov.Reg(r2, r3),
-		asm.Mov.Reg(r3, fp),
-		asm.Add.Imm(r3, -8),
-		asm.Mov.Imm(r4, 1),
-		asm.FnSkbLoadBytes.Call(),
-		asm.JNE.Imm(r0, 0, "broken"),
+	)
+	// One byte of a header split across chunks.
+	one := loadAt(1)
+	one[0] = one[0].WithSymbol("split")
+	p = append(p, one...)
+	p = append(p,
 		asm.LoadMem(r1, fp, -8, b),
 		asm.LoadMem(r2, r9, walkHdr, dw),
 		asm.LSh.Imm(r2, 8),
