@@ -49,9 +49,17 @@ type kernelRelay struct {
 	watched map[int32]*kernelSession
 }
 
+// kernelLoad is the process's kernel relay, loaded by the first session
+// that could use it; kernel is nil where it could not be.
+type kernelLoad struct {
+	once   sync.Once
+	kernel *kernelRelay
+}
+
 var (
-	kernelOnce sync.Once
-	kernel     *kernelRelay
+	theKernel = &kernelLoad{}
+	// startKernel loads the kernel relay (tests stand in a refusal).
+	startKernel = startKernelRelay
 	// leftKernelHook, if set, is told when a session has its bytes
 	// back from the kernel (tests).
 	leftKernelHook func()
@@ -160,15 +168,16 @@ func (c *Conn) kernelFor(r *Relay) *kernelRelay {
 	if _, tls := r.Client.(*TLSConn); tls {
 		return nil
 	}
-	kernelOnce.Do(func() {
-		k, err := startKernelRelay()
+	l := theKernel
+	l.once.Do(func() {
+		k, err := startKernel()
 		if err != nil {
 			c.logger().Warn("kernel relay unavailable; relaying in user space", logging.Event("proxy.kernel_relay_unavailable"), zap.Error(err))
 			return
 		}
-		kernel = k
+		l.kernel = k
 	})
-	return kernel
+	return l.kernel
 }
 
 // inKernel relays r inside the kernel while its bytes simply flow. It

@@ -71,8 +71,9 @@ func startKernelSession(t *testing.T) (c *Conn, app, db *net.TCPConn, done <-cha
 	t.Helper()
 	kernelRelayHere(t)
 	var err error
-	kernelOnce.Do(func() { kernel, err = startKernelRelay() })
-	if kernel == nil {
+	l := theKernel
+	l.once.Do(func() { l.kernel, err = startKernelRelay() })
+	if l.kernel == nil {
 		t.Fatalf("the kernel relay did not start: %v", err)
 	}
 	c, app, db, done = startRelayBuffered(t, config.Proxy{KernelRelay: true}, 64<<10, func(client, backend net.Conn) Relay {
@@ -192,8 +193,10 @@ func TestKernelRelayCarriesBulk(t *testing.T) {
 }
 
 // TestKernelRelayClientResets: a client that resets its connection in
-// the middle of a session in the kernel relay ends the session, and the
-// backend's connection is closed.
+// the middle of a session in the kernel relay has the backend told (its
+// stream ends), and the session ends once the backend closes, as a
+// database does when its client goes. (Once the socket has left the
+// socket map, a read may see the reset as the end of the stream.)
 func TestKernelRelayClientResets(t *testing.T) {
 	_, app, db, done := startKernelSession(t)
 	app.Write(typed('Q', "select 1"))
@@ -203,8 +206,38 @@ func TestKernelRelayClientResets(t *testing.T) {
 	if _, err := io.ReadAll(db); err != nil && !errors.Is(err, net.ErrClosed) {
 		t.Logf("the backend's end: %v", err)
 	}
-	r := <-done
-	if r.reason != endClientClosed && r.reason != endError {
+	db.Close()
+	if r := <-done; r.reason != endClientClosed && r.reason != endError {
 		t.Errorf("ended with %q, %v; want the client's closing or an error", r.reason, r.err)
+	}
+}
+
+// TestKernelRelayUnavailable: where the kernel refuses the relay's
+// program, portcullis says so once and relays in user space.
+func TestKernelRelayUnavailable(t *testing.T) {
+	saved, savedStart := theKernel, startKernel
+	t.Cleanup(func() { theKernel, startKernel = saved, savedStart })
+	theKernel = &kernelLoad{}
+	tries := 0
+	startKernel = func() (*kernelRelay, error) {
+		tries++
+		return nil, errors.New("load the verdict program: operation not permitted")
+	}
+	for range 2 {
+		c, app, db, done := startRelayBuffered(t, config.Proxy{KernelRelay: true}, 64<<10, func(client, backend net.Conn) Relay {
+			return Relay{Client: client, Backend: backend, TypedMessages: true, Greeting: typed('Z', "I"),
+				ToClient: &typedFramer{}, ToBackend: &typedFramer{}}
+		})
+		readExactly(t, app, typed('Z', "I"))
+		sendThrough(t, app, db, string(typed('Q', "select 1")), string(typed('Q', "select 1")))
+		app.Close()
+		db.Close()
+		<-done
+		if n := c.toBackend.Load(); n != int64(len(typed('Q', "select 1"))) {
+			t.Errorf("counted %d bytes to the backend, want the query's", n)
+		}
+	}
+	if tries != 1 || theKernel.kernel != nil {
+		t.Errorf("tried to load the kernel relay %d times (want once), and have %v", tries, theKernel.kernel)
 	}
 }
