@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,8 +18,9 @@ import (
 // TestKernelRelay: with proxy.kernel_relay on, a plain session (no TLS on
 // either leg) is relayed inside the kernel: pgx runs queries, the
 // extended protocol and a COPY of 10 MB through it with every byte
-// intact; then portcullis shuts down while a query runs, and the client
-// gets FATAL 57P01 between two messages, as from the user-space relays.
+// intact, and psql a query of 5,000 rows; then portcullis shuts down
+// while a query runs, and the client gets FATAL 57P01 between two
+// messages, as from the user-space relays.
 func TestKernelRelay(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the kernel relay needs CAP_BPF and CAP_NET_ADMIN")
@@ -59,6 +61,22 @@ func TestKernelRelay(t *testing.T) {
 	}
 	if got, want := fmt.Sprintf("%x", sum.Sum(nil)), string(res[0].Rows[0][0]); got != want {
 		t.Fatalf("COPY's digest %s, the server's %s", got, want)
+	}
+
+	// psql, the analyst's client, through the same relay: a result of
+	// 5,000 rows and a count, in one connection of its own.
+	run := h.psql(ctx, alice, "analytics_md5", map[string]string{"PGPASSWORD": key, "PGSSLMODE": "disable"},
+		"select i, md5(i::text) from generate_series(1, 5000) i; select count(*) from generate_series(1, 5000)")
+	run.start(t, func(string) {})
+	if err := run.wait(); err != nil {
+		t.Fatalf("psql: %v\nstderr:\n%s", err, run.stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(run.stdout.String()), "\n")
+	if len(lines) != 5001 || lines[0] != "1|c4ca4238a0b923820dcc509a6f75849b" || lines[5000] != "5000" {
+		t.Fatalf("psql printed %d lines, first %q, last %q; want 5,000 rows and the count", len(lines), lines[0], lines[len(lines)-1])
+	}
+	if n := len(h.events("session.kernel_relay")); n != 2 {
+		t.Errorf("%d sessions went to the kernel relay, want 2 (pgx's and psql's)", n)
 	}
 
 	queried := make(chan error, 1)
