@@ -144,8 +144,13 @@ func (k *kernelRelay) watchEnds() {
 	events := make([]unix.EpollEvent, 64)
 	for {
 		n, err := unix.EpollWait(k.watch, events, -1)
+		if err == unix.EINTR {
+			continue
+		}
 		if err != nil {
-			continue // EINTR
+			// Only EINTR can happen on an epoll descriptor that stays
+			// open; anything else would fail again at once.
+			return
 		}
 		k.mu.Lock()
 		for _, ev := range events[:n] {
@@ -160,12 +165,10 @@ func (k *kernelRelay) watchEnds() {
 // kernelFor is the kernel relay for r, or nil where r stays in user
 // space.
 func (c *Conn) kernelFor(r *Relay) *kernelRelay {
+	// A TLS client leg is no plain socket.
 	if !c.srv.limits.KernelRelay || !r.TypedMessages || r.FromClient != nil ||
 		len(r.ClientPending) > 0 || len(r.BackendPending) > 0 ||
 		plainSocket(r.Client) == nil || plainSocket(r.Backend) == nil {
-		return nil
-	}
-	if _, tls := r.Client.(*TLSConn); tls {
 		return nil
 	}
 	l := theKernel
@@ -197,7 +200,7 @@ func (c *Conn) inKernel(r *Relay) (release func(), ok bool) {
 	stop := context.AfterFunc(c.ctx, s.wake)
 	<-s.woke
 	stop()
-	return k.leave(c, r, s)
+	return k.leave(c, r, s), true
 }
 
 // enterKernel puts r in the kernel relay and greets the client, or
@@ -304,7 +307,7 @@ func (k *kernelRelay) watchFor(s *kernelSession) {
 // goroutines.
 //
 //go:noinline
-func (k *kernelRelay) leave(c *Conn, r *Relay, s *kernelSession) (release func(), ok bool) {
+func (k *kernelRelay) leave(c *Conn, r *Relay, s *kernelSession) (release func()) {
 	k.mu.Lock()
 	for _, fd := range s.fd {
 		unix.EpollCtl(k.watch, unix.EPOLL_CTL_DEL, fd, nil)
@@ -349,13 +352,13 @@ func (k *kernelRelay) leave(c *Conn, r *Relay, s *kernelSession) (release func()
 	if r.Client, err = socketConn(s.fd[sideClient]); err != nil {
 		unix.Close(s.fd[sideBackend])
 		r.Client, r.Backend = nil, nil
-		return release, true
+		return release
 	}
 	if r.Backend, err = socketConn(s.fd[sideBackend]); err != nil {
 		r.Client.Close()
 		r.Client, r.Backend = nil, nil
 	}
-	return release, true
+	return release
 }
 
 func (k *kernelRelay) flow(index uint32) kernelFlow {
